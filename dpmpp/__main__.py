@@ -1,0 +1,3 @@
+from dpmpp.cli import main
+
+raise SystemExit(main())

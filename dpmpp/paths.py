@@ -1,0 +1,19 @@
+"""Where the bundled data and models live, so that commands work with no path arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = PROJECT_ROOT / "assets"
+CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "dpmpp_tiny_pets09"
+BUNDLED_DATA_ROOTS = {
+    "pets09_occ": ASSETS / "pets09_occ",
+    "pets09_holistic": ASSETS / "pets09_occ",
+}
+
+
+def default_root(dataset: str) -> Path | None:
+    """The bundled folder of `dataset`, or None when the user must name one."""
+    return BUNDLED_DATA_ROOTS.get(dataset)
