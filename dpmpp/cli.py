@@ -60,6 +60,72 @@ def cmd_eval(args) -> int:
     return 0
 
 
+class ProgressPrinter:
+    """A one-line progress bar on stderr, and a line per evaluation."""
+
+    def __init__(self, stream=sys.stderr) -> None:
+        self.stream = stream
+
+    def __call__(self, event) -> None:
+        if event.kind == "eval":
+            self.stream.write("\n")
+            for split, results in event.metrics.items():
+                if isinstance(results, dict):
+                    for mode, m in results.items():
+                        self.stream.write(f"  eval epoch {event.epoch} {split} {mode}: rank-1 {100 * m['rank1']:.1f} "
+                                          f"mAP {100 * m['mAP']:.1f} mINP {100 * m['mINP']:.1f}\n")
+            return
+        width = 24
+        done = int(width * event.step / max(event.steps, 1))
+        losses = " ".join(f"{k} {v:.3f}" for k, v in list(event.losses.items())[:4])
+        accuracy = f" acc {100 * event.accuracy:.0f}%" if event.accuracy is not None else ""
+        self.stream.write(f"\r{event.stage} {event.epoch}/{event.epochs} [{'#' * done}{'.' * (width - done)}] "
+                          f"{losses}{accuracy} {event.images_per_s:.0f} img/s ETA {event.eta_s / 60:.1f} min   ")
+        self.stream.flush()
+
+
+def cmd_train(args) -> int:
+    from dpmpp.config import apply_overrides, load_preset
+    from dpmpp.engine.train import train
+
+    config = load_preset(args.config)
+    config.data.name = args.data
+    if args.root:
+        config.data.root = args.root
+    if args.epochs is not None:
+        config.train.epochs = args.epochs
+    if args.seed is not None:
+        config.train.seed = args.seed
+    if args.pretrained is not None:
+        config.model.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    apply_overrides(config, args.set or [])
+    final = train(config, args.out, resume=args.resume, device=args.device,
+                  callback=None if args.quiet else ProgressPrinter())
+    if final:
+        sys.stderr.write("\n")
+        print(json.dumps(final.get("final", final)))
+    return 0
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    from dpmpp.api import Pipeline
+
+    pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device)
+    embedding = pipeline.embed(args.images)
+    arrays = {"features": embedding.features, "paths": np.array([str(p) for p in args.images])}
+    if embedding.masks is not None:
+        arrays["masks"] = embedding.masks
+    from dpmpp.atomic import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+    print(f"wrote {len(args.images)} features{' and masks' if embedding.masks is not None else ''} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpmpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -83,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=cmd_eval)
+
+    train = commands.add_parser("train", help="train DPM++ (both stages) and write a checkpoint folder")
+    train.add_argument("--config", default="tiny", help="preset name (tiny, vit_b16) or a JSON file")
+    train.add_argument("--data", default="pets09_occ", help="registered dataset name")
+    train.add_argument("--root", default=None, help="dataset folder (default: the bundled one, if any)")
+    train.add_argument("--epochs", type=int, default=None, help="stage-2 epochs")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--pretrained", default=None, help="CLIP weights file or open_clip tag; 'none' = random init")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. aug.patch_transfer=false")
+    train.add_argument("--out", required=True, help="checkpoint folder to write")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--device", default=None)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    embed = commands.add_parser("embed", help="write features and masks of images to an .npz file")
+    embed.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
+    embed.add_argument("images", nargs="+", help="image files")
+    embed.add_argument("--out", required=True, help="output .npz")
+    embed.add_argument("--device", default=None)
+    embed.set_defaults(func=cmd_embed)
     return parser
 
 

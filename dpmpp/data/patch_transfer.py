@@ -1,0 +1,100 @@
+"""Saliency-guided patch transfer (SPT): synthetic occlusion made of real pixels, with occlusion-aware pairing.
+
+For an anchor i and a partner j, the anchor keeps its own (horizontally shifted) pixels inside j's visible
+silhouette and receives j's background and occluders elsewhere: x_i' = roll_r(x_i) ⊙ M_j + x_j ⊙ (1 − M_j),
+at patch granularity. The partner and shift r maximise the occlusion-aware IoU |roll_r(M_i) ∩ M_j| / |M_j|.
+Saliency is computed by the caller and passed in; randomness comes only from the injected generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TransferResult:
+    images: torch.Tensor  # [B, 3, H, W] mixed batch (unmixed rows are the inputs)
+    mixed: torch.Tensor  # [B] bool
+    partner: torch.Tensor  # [B] batch index of the partner, -1 if not mixed
+    partner_pid: torch.Tensor  # [B] partner identity when it differs from the anchor's, else -1 (class-ignoring)
+    shift: torch.Tensor  # [B] circular shift of the anchor, in patch columns
+    oiou: torch.Tensor  # [B] occlusion-aware IoU of the chosen pair (0 if not mixed)
+    region: torch.Tensor  # [B, H, W] bool: pixels that came from the partner
+
+
+def occlusion_iou(masks: torch.Tensor) -> torch.Tensor:
+    """OIoU for every (anchor i, shift r, partner j): |roll_r(M_i) ∩ M_j| / |M_j|. masks [B, h, w] bool -> [B, w, B]."""
+    b, h, w = masks.shape
+    m = masks.float()
+    rolled = torch.stack([torch.roll(m, shifts=r, dims=2) for r in range(w)], dim=1)  # [B, w, h, w]; w is small
+    intersection = rolled.flatten(2) @ m.flatten(1).T  # [B, w, B]
+    visible = m.flatten(1).sum(1)  # [B]
+    return intersection / visible.clamp_min(1)[None, None, :] * (visible > 0)[None, None, :]
+
+
+class SaliencyPatchTransfer:
+    """Batch augmentation; `prob` mixes each anchor independently, `enabled=False` is the identity."""
+
+    def __init__(self, prob: float = 0.5, enabled: bool = True, pairing: bool = True, top_fraction: float = 0.1,
+                 min_oiou: float = 0.7, threshold: float = 0.5, patch_size: tuple[int, int] = (16, 16),
+                 generator: torch.Generator | None = None) -> None:
+        self.prob, self.enabled, self.pairing = prob, enabled, pairing
+        self.top_fraction, self.min_oiou, self.threshold = top_fraction, min_oiou, threshold
+        self.patch_size = patch_size
+        self.generator = generator or torch.Generator().manual_seed(0)
+
+    def binarise(self, saliency: torch.Tensor) -> torch.Tensor:
+        """[B, h, w] saliency -> bool person masks (1 = person)."""
+        return saliency > self.threshold
+
+    def __call__(self, images: torch.Tensor, saliency: torch.Tensor, pids: torch.Tensor) -> TransferResult:
+        b = images.shape[0]
+        masks = self.binarise(saliency).cpu()
+        grid_w = masks.shape[2]
+        mixed = torch.rand(b, generator=self.generator) < self.prob if self.enabled and b > 1 else torch.zeros(b, dtype=torch.bool)
+        partner, shift, oiou = self._choose(masks, b, grid_w)
+        mixed &= masks.flatten(1).any(1)[partner]  # a partner with no visible person would replace the whole image
+        partner, shift = torch.where(mixed, partner, -1), torch.where(mixed, shift, 0)
+        oiou = torch.where(mixed, oiou, torch.zeros_like(oiou))
+        pids_cpu = pids.cpu()
+        partner_pid = torch.where(mixed & (pids_cpu[partner.clamp_min(0)] != pids_cpu), pids_cpu[partner.clamp_min(0)], -1)
+        region = self._pixel_region(masks, partner, mixed, images.shape[-2:])
+        out = self._compose(images, partner.to(images.device), shift.to(images.device), region.to(images.device))
+        return TransferResult(out, mixed.to(images.device), partner.to(images.device), partner_pid.to(pids.device),
+                              shift.to(images.device), oiou.to(images.device), region.to(images.device))
+
+    def _compose(self, images: torch.Tensor, partner: torch.Tensor, shift: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """roll_r(x_i) where the partner's person is, x_j elsewhere; rows with partner -1 are returned unchanged."""
+        width = images.shape[-1]
+        columns = (torch.arange(width, device=images.device)[None, :] - shift[:, None] * self.patch_size[1]) % width
+        rolled = images.gather(-1, columns[:, None, None, :].expand_as(images))  # per-row circular shift
+        partner_images = images[partner.clamp_min(0)]
+        return torch.where(region[:, None], partner_images, rolled)
+
+    def _choose(self, masks: torch.Tensor, b: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(partner, shift, oiou) per anchor, all [B]."""
+        if not self.pairing:
+            offset = torch.randint(1, max(b, 2), (b,), generator=self.generator)
+            partner = (torch.arange(b) + offset) % max(b, 1)
+            return partner, torch.zeros(b, dtype=torch.long), occlusion_iou(masks)[torch.arange(b), 0, partner]
+        scores = occlusion_iou(masks)  # [B, w, B]
+        scores[torch.arange(b), :, torch.arange(b)] = -1.0  # never pair with oneself
+        flat = scores.flatten(1)  # [B, w*B], index = r * B + j
+        k = max(1, math.ceil(self.top_fraction * grid_w * (b - 1)))
+        top_scores, top_index = flat.topk(k, dim=1)
+        draw = torch.randint(0, k, (b, 1), generator=self.generator)
+        drawn_score, drawn_index = top_scores.gather(1, draw).squeeze(1), top_index.gather(1, draw).squeeze(1)
+        accept = drawn_score > self.min_oiou
+        index = torch.where(accept, drawn_index, top_index[:, 0])
+        score = torch.where(accept, drawn_score, top_scores[:, 0])
+        return index % b, index // b, score.clamp_min(0)
+
+    def _pixel_region(self, masks: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor, size) -> torch.Tensor:
+        ph, pw = self.patch_size
+        partner_visible = masks[partner.clamp_min(0)]  # [B, h, w]
+        region = ~partner_visible & mixed[:, None, None]
+        region = region.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
+        return region[:, : size[0], : size[1]]

@@ -1,0 +1,269 @@
+"""Two-stage DPM++ training: stage 1 learns per-identity text prototypes, stage 2 the masked metric."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from dpmpp.config import Config
+from dpmpp.data.dataset import ImageDataset
+from dpmpp.data.datasets import load_split
+from dpmpp.data.patch_transfer import SaliencyPatchTransfer
+from dpmpp.data.records import Split
+from dpmpp.data.samplers import PKBatchSampler
+from dpmpp.data.transforms import build_transforms
+from dpmpp.engine import checkpoint
+from dpmpp.engine.distributed import DistInfo, barrier, init_distributed, resolve_device
+from dpmpp.engine.loop import ProgressEvent, Stage, run_stage
+from dpmpp.eval.extract import evaluate_features, extract, records_loader
+from dpmpp.losses import loss_weights, stage1_losses, stage2_losses
+from dpmpp.model.dpmpp import DPMPP, TextBranch, build_model
+from dpmpp.paths import default_root
+
+logger = logging.getLogger(__name__)
+COMPANION_SPLITS = {"pets09_occ": "pets09_holistic"}  # also reported at the end of training
+
+
+def data_root(config: Config) -> Path:
+    root = config.data.root or default_root(config.data.name)
+    if root is None:
+        raise ValueError(f"data.root is required for dataset {config.data.name!r}")
+    return Path(root)
+
+
+def num_cameras_of(split: Split) -> int:
+    return max(r.camid for r in split.train + split.query + split.gallery) + 1
+
+
+def _seed_epoch(seed: int, epoch: int, stage_index: int) -> None:
+    # Re-seeding at every epoch boundary makes a resumed run repeat the uninterrupted one exactly.
+    torch.manual_seed(seed * 1_000_003 + stage_index * 10_007 + epoch)
+
+
+class Trainer:
+    """Builds data, model and stages from a Config and runs them, checkpointing into `out_dir`."""
+
+    def __init__(self, config: Config, out_dir: str | Path, device: str | None = None,
+                 callback: Callable[[ProgressEvent], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> None:
+        self.config, self.out_dir = config, Path(out_dir)
+        self.dist: DistInfo = init_distributed(device)
+        self.device = resolve_device(device, self.dist)
+        self.callback = callback if self.dist.is_main else None
+        self.should_stop = should_stop
+        torch.manual_seed(config.train.seed)
+        self.split = load_split(config.data.name, data_root(config))
+        if not self.split.train:
+            raise ValueError(f"{config.data.name} has no training images")
+        self.pid_map = self.split.train_pid_map()
+        image_size = (config.data.height, config.data.width)
+        self.model, self.text = build_model(config.model, image_size, len(self.pid_map), num_cameras_of(self.split),
+                                            device=self.device)
+        self.meta = {"num_classes": len(self.pid_map), "num_cameras": num_cameras_of(self.split),
+                     "image_size": list(image_size), "dataset": config.data.name, "pids": sorted(self.pid_map),
+                     "train_images": len(self.split.train)}
+        self.test_transform = build_transforms(*image_size, train=False)
+        self.history: list[dict] = []
+        self.train_seconds = 0.0
+
+    # ----- stage 1: text prototypes -------------------------------------------------------------------------
+    def stage1(self) -> Stage:
+        cfg = self.config.train
+        loader = records_loader(self.split.train, self.test_transform, 64, self.config.data.num_workers)
+        image_feats = _image_features(self.model, loader, self.device)  # frozen encoder: computed once
+        labels = torch.tensor([self.pid_map[r.pid] for r in self.split.train], device=self.device)
+        for p in self.text.parameters():
+            p.requires_grad_(False)
+        self.text.prompts.ctx.requires_grad_(True)
+        optimizer = torch.optim.Adam([self.text.prompts.ctx], lr=cfg.stage1_lr, weight_decay=cfg.stage1_weight_decay)
+        batch_size = cfg.stage1_batch_size
+        steps = max(len(labels) // batch_size, 1)
+
+        def batches(epoch: int):
+            _seed_epoch(cfg.seed, epoch, 1)
+            order = torch.randperm(len(labels)).to(self.device)
+            return (order[i * batch_size:(i + 1) * batch_size] for i in range(steps))
+
+        def compute(index: torch.Tensor):
+            self.text.train()
+            text_feats = self.text(labels[index])
+            return stage1_losses(image_feats[index], text_feats, labels[index]), len(index), None
+
+        return Stage("stage1", cfg.stage1_epochs, steps, optimizer, batches, compute, loss_weights(self.config.loss),
+                     warmup_epochs=cfg.stage1_warmup_epochs, schedule="cosine")
+
+    @torch.no_grad()
+    def finish_stage1(self) -> None:
+        self.text.eval()
+        self.model.set_text_prototypes(self.text().detach())
+
+    # ----- stage 2: dynamic masked metric -------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict]:
+        cfg, model = self.config.train, self.model
+        head_modules = [m for m in (model.mask_generator, model.saliency_head, model.encoder.camera) if m is not None]
+        head = [p for m in head_modules for p in m.parameters()]
+        if model.prototypes is not None:
+            head.append(model.prototypes)
+        head_ids = {id(p) for p in head}
+        encoder = [p for p in model.encoder.parameters() if id(p) not in head_ids]
+        return [{"name": "encoder", "params": encoder, "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
+                {"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.weight_decay}]
+
+    def stage2(self) -> Stage:
+        cfg, data, aug = self.config.train, self.config.data, self.config.aug
+        dataset = ImageDataset(self.split.train, build_transforms(data.height, data.width, train=True,
+                               flip_prob=data.flip_prob, pad=data.pad, erasing_prob=data.erasing_prob), self.pid_map)
+        sampler = PKBatchSampler([r.pid for r in self.split.train], data.num_pids, data.num_instances, cfg.seed,
+                                 self.dist.world_size, self.dist.rank)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        generator = torch.Generator()
+        patch = self.model.encoder.visual.patch_size
+        transfer = SaliencyPatchTransfer(aug.transfer_prob, aug.patch_transfer and self.model.saliency_head is not None,
+                                         aug.occlusion_pairing, aug.top_fraction, aug.min_oiou, aug.saliency_threshold,
+                                         tuple(patch), generator)
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        optimizer = torch.optim.Adam(self.parameter_groups())
+        network = self.model
+        if self.dist.enabled:
+            network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None, find_unused_parameters=True)
+        use_amp = cfg.amp and self.device.type == "cuda"
+        epoch_box = [0]
+
+        def batches(epoch: int):
+            _seed_epoch(cfg.seed, epoch, 2)
+            generator.manual_seed(cfg.seed * 7919 + epoch)
+            sampler.set_epoch(epoch)
+            epoch_box[0] = epoch
+            return loader
+
+        def compute(batch: dict):
+            self.model.train()
+            images, pids = batch["image"].to(self.device), batch["pid"].to(self.device)
+            camids = batch["camid"].to(self.device)
+            mixed = partner_pid = None
+            if transfer.enabled and epoch_box[0] >= aug.warmup_epochs:
+                result = transfer(images, self.model.saliency(images, camids), pids)
+                images, mixed = result.images, result.mixed
+                partner_pid = result.partner_pid if aug.class_ignoring else None
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = network(images, camids, extras=True)
+            losses = stage2_losses(out, pids, self.config.loss, prototypes=self.model.prototypes,
+                                   text_prototypes=self.model.text_prototypes, mixed=mixed, partner_pid=partner_pid,
+                                   holistic_positives=aug.holistic_positives)
+            logits = out.masked_logits if out.masked_logits is not None else out.logits
+            accuracy = float((logits.argmax(1) == pids).float().mean()) if logits is not None else None
+            return losses, len(images), accuracy
+
+        def on_epoch_end(epoch: int) -> dict | None:
+            return self.end_of_epoch(epoch, optimizer)
+
+        return Stage("stage2", cfg.epochs, len(sampler), optimizer, batches, compute, loss_weights(self.config.loss),
+                     warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule, milestones=cfg.milestones,
+                     gamma=cfg.gamma, grad_clip=cfg.grad_clip, on_epoch_end=on_epoch_end)
+
+    # ----- evaluation and checkpoints -----------------------------------------------------------------------
+    def evaluate(self, split: Split | None = None) -> dict:
+        split = split or self.split
+        eval_cfg = self.config.eval
+        q_feats, q_masks = extract(self.model, records_loader(split.query, self.test_transform, eval_cfg.batch_size),
+                                   self.device)
+        g_feats, g_masks = extract(self.model, records_loader(split.gallery, self.test_transform, eval_cfg.batch_size),
+                                   self.device)
+        result = {}
+        for label, use_mask in (("masked", True), ("unmasked", False)):
+            if use_mask and q_masks is None:
+                continue
+            metrics = evaluate_features(split, q_feats, q_masks, g_feats, g_masks, use_mask, eval_cfg.symmetric)
+            result[label] = metrics.summary()
+        return result
+
+    def end_of_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict | None:
+        cfg = self.config.train
+        self.train_seconds += time.perf_counter() - self._epoch_started
+        self._epoch_started = time.perf_counter()
+        metrics = None
+        last = epoch == cfg.epochs
+        if self.dist.is_main:
+            if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
+                metrics = {"epoch": epoch, self.config.data.name: self.evaluate()}
+                self.history.append(metrics)
+            if last or epoch % max(cfg.checkpoint_every, 1) == 0:
+                self.save(stage="stage2", epoch=epoch, optimizer=optimizer)
+        barrier(self.dist)
+        return metrics
+
+    def save(self, stage: str, epoch: int, optimizer: torch.optim.Optimizer | None = None, final: dict | None = None) -> None:
+        metrics = {"history": self.history, "train_seconds": round(self.train_seconds, 1), "stage": stage,
+                   "epoch": epoch, **(final or {})}
+        checkpoint.save_model(self.out_dir, self.model, self.config, self.meta, metrics)
+        state = {"stage": stage, "epoch": epoch, "train_seconds": self.train_seconds,
+                 "optimizer": optimizer.state_dict() if optimizer is not None else {}}
+        checkpoint.save_train_state(self.out_dir, state)
+
+    def run(self, resume: bool = False) -> dict:
+        state = checkpoint.load_train_state(self.out_dir) if resume else None
+        if resume and state is None:
+            logger.warning("nothing to resume in %s; starting from scratch", self.out_dir)
+        if state is not None:
+            checkpoint.load_weights(self.out_dir, self.model)
+            self.train_seconds = float(state.get("train_seconds", 0.0))
+            previous = checkpoint.read_config(self.out_dir)[0]
+            if previous.to_dict() != self.config.to_dict():
+                logger.warning("resuming with a config that differs from the one saved in %s", self.out_dir)
+            metrics_path = self.out_dir / checkpoint.METRICS
+            if metrics_path.is_file():
+                import json
+
+                self.history = json.loads(metrics_path.read_text()).get("history", [])
+        self._epoch_started = time.perf_counter()
+        if self.config.model.use_text_stage and (state is None or state["stage"] == "stage1"):
+            run_stage(self.stage1(), 0, self.callback, self.should_stop)
+            self.finish_stage1()
+            self.train_seconds += time.perf_counter() - self._epoch_started
+            self._epoch_started = time.perf_counter()
+            if self.dist.is_main:
+                self.save(stage="stage2", epoch=0)
+            barrier(self.dist)
+            state = None
+        stage = self.stage2()
+        start_epoch = 0
+        if state is not None and state["stage"] in ("stage2", "done"):
+            start_epoch = int(state["epoch"])
+            if state.get("optimizer"):
+                stage.optimizer.load_state_dict(state["optimizer"])
+        run_stage(stage, start_epoch, self.callback, self.should_stop)
+        final = {}
+        if self.dist.is_main:
+            final = {"final": {self.config.data.name: self.evaluate()}}
+            companion = COMPANION_SPLITS.get(self.config.data.name)
+            if companion:
+                final["final"][companion] = self.evaluate(load_split(companion, data_root(self.config)))
+            self.save(stage="done", epoch=self.config.train.epochs, optimizer=stage.optimizer, final=final)
+        barrier(self.dist)
+        return final
+
+
+@torch.no_grad()
+def _image_features(model: DPMPP, loader: DataLoader, device: torch.device) -> torch.Tensor:
+    """Unnormalised projected features p [N, E] (stage 1 uses raw dot products)."""
+    model.eval()
+    return torch.cat([model(b["image"].to(device), b["camid"].to(device), extras=False).proj for b in loader])
+
+
+def train(config: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
+          callback: Callable[[ProgressEvent], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train DPM++ as `config` says and write a checkpoint folder to `out_dir`; returns the final metrics."""
+    return Trainer(config, out_dir, device, callback, should_stop).run(resume)
+
+
+__all__ = ["train", "Trainer", "TextBranch"]
