@@ -34,9 +34,14 @@ def _print_metrics(summary: dict, as_json: bool, title: str) -> None:
         print(json.dumps(summary))
         return
     print(f"** {title} **")
-    print(f"  query: {summary['num_query']} ({summary['num_valid_query']} with a true match)  gallery: {summary['num_gallery']}")
-    print(f"  rank-1 {100 * summary['rank1']:.1f}  rank-5 {100 * summary['rank5']:.1f}  "
-          f"rank-10 {100 * summary['rank10']:.1f}  mAP {100 * summary['mAP']:.1f}  mINP {100 * summary['mINP']:.1f}")
+    print(
+        f"  query: {summary['num_query']} ({summary['num_valid_query']} with a true match)  "
+        f"gallery: {summary['num_gallery']}"
+    )
+    print(
+        f"  rank-1 {100 * summary['rank1']:.1f}  rank-5 {100 * summary['rank5']:.1f}  "
+        f"rank-10 {100 * summary['rank10']:.1f}  mAP {100 * summary['mAP']:.1f}  mINP {100 * summary['mINP']:.1f}"
+    )
 
 
 def cmd_eval(args) -> int:
@@ -72,15 +77,19 @@ class ProgressPrinter:
             for split, results in event.metrics.items():
                 if isinstance(results, dict):
                     for mode, m in results.items():
-                        self.stream.write(f"  eval epoch {event.epoch} {split} {mode}: rank-1 {100 * m['rank1']:.1f} "
-                                          f"mAP {100 * m['mAP']:.1f} mINP {100 * m['mINP']:.1f}\n")
+                        self.stream.write(
+                            f"  eval epoch {event.epoch} {split} {mode}: rank-1 {100 * m['rank1']:.1f} "
+                            f"mAP {100 * m['mAP']:.1f} mINP {100 * m['mINP']:.1f}\n"
+                        )
             return
         width = 24
         done = int(width * event.step / max(event.steps, 1))
         losses = " ".join(f"{k} {v:.3f}" for k, v in list(event.losses.items())[:4])
         accuracy = f" acc {100 * event.accuracy:.0f}%" if event.accuracy is not None else ""
-        self.stream.write(f"\r{event.stage} {event.epoch}/{event.epochs} [{'#' * done}{'.' * (width - done)}] "
-                          f"{losses}{accuracy} {event.images_per_s:.0f} img/s ETA {event.eta_s / 60:.1f} min   ")
+        self.stream.write(
+            f"\r{event.stage} {event.epoch}/{event.epochs} [{'#' * done}{'.' * (width - done)}] "
+            f"{losses}{accuracy} {event.images_per_s:.0f} img/s ETA {event.eta_s / 60:.1f} min   "
+        )
         self.stream.flush()
 
 
@@ -99,8 +108,9 @@ def cmd_train(args) -> int:
     if args.pretrained is not None:
         config.model.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
     apply_overrides(config, args.set or [])
-    final = train(config, args.out, resume=args.resume, device=args.device,
-                  callback=None if args.quiet else ProgressPrinter())
+    final = train(
+        config, args.out, resume=args.resume, device=args.device, callback=None if args.quiet else ProgressPrinter()
+    )
     if final:
         sys.stderr.write("\n")
         print(json.dumps(final.get("final", final)))
@@ -157,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="stage-2 epochs")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--pretrained", default=None, help="CLIP weights file or open_clip tag; 'none' = random init")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. aug.patch_transfer=false")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. aug.patch_transfer=false"
+    )
     train.add_argument("--out", required=True, help="checkpoint folder to write")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--device", default=None)
@@ -175,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     return args.func(args)

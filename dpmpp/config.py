@@ -42,6 +42,7 @@ class ModelCfg:
     prompt_template: str = "A photo of a X X X X person."  # X = learnable per-identity tokens
     camera_embedding: bool = False  # SIE: a learned vector per camera added to the tokens
     sie_coef: float = 3.0  # SIE coefficient (CLIP-ReID's default)
+    bnneck: bool = True  # CLIP-ReID's BatchNorm neck on p before the heads and at test (centres the features)
     saliency_head: bool = True  # per-patch saliency head for patch transfer
     saliency_detach: bool = True  # the saliency head trains on detached tokens, not moving the encoder (R)
 

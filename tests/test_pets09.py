@@ -83,7 +83,7 @@ def _synthetic_source(tmp_path: Path):
         for track, x, colour in ((1, 100, (0, 0, 200)), (2, 300, (0, 200, 0)), (3, 500, (0, 0, 210))):
             if track == 3 and frame < 30:
                 continue
-            image[400:480, x:x + 30] = colour
+            image[400:480, x : x + 30] = colour
             rows.append(f"{frame},{track},{x},400,30,80,1,-1,-1,-1")
         writer.write(image)
     writer.release()
@@ -99,7 +99,9 @@ def test_build_writes_crops_and_is_deterministic(tmp_path):
     rows = build(video, gt, groups, tmp_path / "a")
     build(video, gt, groups, tmp_path / "b")
     assert (tmp_path / "a/manifest.csv").read_bytes() == (tmp_path / "b/manifest.csv").read_bytes()
-    assert rows and all((tmp_path / "a" / r["path"]).read_bytes() == (tmp_path / "b" / r["path"]).read_bytes() for r in rows)
+    assert rows and all(
+        (tmp_path / "a" / r["path"]).read_bytes() == (tmp_path / "b" / r["path"]).read_bytes() for r in rows
+    )
     with Image.open(tmp_path / "a" / rows[0]["path"]) as crop:
         assert crop.size == (30, 80)
         red, green, blue = np.asarray(crop).reshape(-1, 3).mean(axis=0)
@@ -109,8 +111,21 @@ def test_build_writes_crops_and_is_deterministic(tmp_path):
 
 def test_build_data_cli_and_bad_video(tmp_path):
     video, gt, groups = _synthetic_source(tmp_path)
-    command = [sys.executable, "-m", "dpmpp", "build-data", "pets09", "--video", str(video), "--gt", str(gt),
-               "--groups", str(groups), "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "dpmpp",
+        "build-data",
+        "pets09",
+        "--video",
+        str(video),
+        "--gt",
+        str(gt),
+        "--groups",
+        str(groups),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     assert "wrote" in result.stdout and (tmp_path / "out/manifest.csv").is_file()
     (tmp_path / "broken.avi").write_bytes(b"not a video")

@@ -32,8 +32,20 @@ TRAIN_FRAME_STEP = 2  # consecutive frames are near duplicates; keep every 2nd f
 GALLERY_FRAME_STEP = 2
 JPEG_QUALITY = 92
 MANIFEST_COLUMNS = [
-    "path", "pid", "person", "track", "camid", "frame", "bbox_left", "bbox_top", "bbox_width", "bbox_height",
-    "occluder", "occluded_fraction", "split", "role",
+    "path",
+    "pid",
+    "person",
+    "track",
+    "camid",
+    "frame",
+    "bbox_left",
+    "bbox_top",
+    "bbox_width",
+    "bbox_height",
+    "occluder",
+    "occluded_fraction",
+    "split",
+    "role",
 ]
 
 
@@ -68,7 +80,9 @@ def read_gt(gt_path: str | Path) -> list[Box]:
     """MOTChallenge gt.txt rows with conf 1 (evaluated boxes); frame numbers are 1-based."""
     rows = np.loadtxt(gt_path, delimiter=",", ndmin=2)
     if rows.shape[1] < 7:
-        raise ValueError(f"{gt_path}: expected MOT rows frame,id,left,top,width,height,conf,...; got {rows.shape[1]} columns")
+        raise ValueError(
+            f"{gt_path}: expected MOT rows frame,id,left,top,width,height,conf,...; got {rows.shape[1]} columns"
+        )
     return [Box(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in rows if r[6] == 1]
 
 
@@ -102,14 +116,24 @@ def plan(boxes: list[Box], groups: dict[int, str], protocol: Protocol) -> list[d
         if role is None:
             continue
         person = groups[box.track]
-        rows.append({
-            "path": f"crops/{role}/{person}_t{box.track:02d}_f{box.frame:04d}.jpg",
-            "pid": pid_of[person], "person": person, "track": box.track, "camid": box.track, "frame": box.frame,
-            "bbox_left": f"{box.left:.2f}", "bbox_top": f"{box.top:.2f}",
-            "bbox_width": f"{box.width:.2f}", "bbox_height": f"{box.height:.2f}",
-            "occluder": occluder if fraction > 0 else "none", "occluded_fraction": f"{fraction:.4f}",
-            "split": split, "role": role,
-        })
+        rows.append(
+            {
+                "path": f"crops/{role}/{person}_t{box.track:02d}_f{box.frame:04d}.jpg",
+                "pid": pid_of[person],
+                "person": person,
+                "track": box.track,
+                "camid": box.track,
+                "frame": box.frame,
+                "bbox_left": f"{box.left:.2f}",
+                "bbox_top": f"{box.top:.2f}",
+                "bbox_width": f"{box.width:.2f}",
+                "bbox_height": f"{box.height:.2f}",
+                "occluder": occluder if fraction > 0 else "none",
+                "occluded_fraction": f"{fraction:.4f}",
+                "split": split,
+                "role": role,
+            }
+        )
     return _drop_unanswerable_queries(rows)
 
 
@@ -131,8 +155,9 @@ def crop(frame_rgb: np.ndarray, row: dict) -> Image.Image:
     return Image.fromarray(frame_rgb[y0:y1, x0:x1])
 
 
-def build(video: str | Path, gt: str | Path, groups: str | Path, out: str | Path,
-          protocol: Protocol = Protocol()) -> list[dict]:
+def build(
+    video: str | Path, gt: str | Path, groups: str | Path, out: str | Path, protocol: Protocol = Protocol()
+) -> list[dict]:
     """Write crops and `manifest.csv` under `out`; returns the manifest rows."""
     import cv2  # only the builder decodes video
 

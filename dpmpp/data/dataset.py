@@ -19,5 +19,9 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         pid = self.pid_map[record.pid] if self.pid_map is not None else record.pid
-        return {"image": self.transform(load_image(record.path)), "pid": torch.tensor(pid),
-                "camid": torch.tensor(record.camid), "index": torch.tensor(index)}
+        return {
+            "image": self.transform(load_image(record.path)),
+            "pid": torch.tensor(pid),
+            "camid": torch.tensor(record.camid),
+            "index": torch.tensor(index),
+        }

@@ -39,14 +39,17 @@ def _open(handle, name: str, max_pixels: int) -> Image.Image:
         image = Image.open(handle)
         if image.width * image.height > max_pixels:
             raise ImageLoadError(
-                f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels} pixels; crop the person first"
+                f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels} pixels; "
+                "crop the person first"
             )
         image.load()  # decode now, so a truncated file fails here and not in a worker
         return ImageOps.exif_transpose(image)
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"{name}: not a readable image (JPEG, PNG, TIFF, BMP or WebP expected): {error}") from error
+        raise ImageLoadError(
+            f"{name}: not a readable image (JPEG, PNG, TIFF, BMP or WebP expected): {error}"
+        ) from error
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

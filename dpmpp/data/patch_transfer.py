@@ -38,9 +38,17 @@ def occlusion_iou(masks: torch.Tensor) -> torch.Tensor:
 class SaliencyPatchTransfer:
     """Batch augmentation; `prob` mixes each anchor independently, `enabled=False` is the identity."""
 
-    def __init__(self, prob: float = 0.5, enabled: bool = True, pairing: bool = True, top_fraction: float = 0.1,
-                 min_oiou: float = 0.7, threshold: float = 0.5, patch_size: tuple[int, int] = (16, 16),
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        prob: float = 0.5,
+        enabled: bool = True,
+        pairing: bool = True,
+        top_fraction: float = 0.1,
+        min_oiou: float = 0.7,
+        threshold: float = 0.5,
+        patch_size: tuple[int, int] = (16, 16),
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.prob, self.enabled, self.pairing = prob, enabled, pairing
         self.top_fraction, self.min_oiou, self.threshold = top_fraction, min_oiou, threshold
         self.patch_size = patch_size
@@ -54,19 +62,34 @@ class SaliencyPatchTransfer:
         b = images.shape[0]
         masks = self.binarise(saliency).cpu()
         grid_w = masks.shape[2]
-        mixed = torch.rand(b, generator=self.generator) < self.prob if self.enabled and b > 1 else torch.zeros(b, dtype=torch.bool)
+        mixed = (
+            torch.rand(b, generator=self.generator) < self.prob
+            if self.enabled and b > 1
+            else torch.zeros(b, dtype=torch.bool)
+        )
         partner, shift, oiou = self._choose(masks, b, grid_w)
         mixed &= masks.flatten(1).any(1)[partner]  # a partner with no visible person would replace the whole image
         partner, shift = torch.where(mixed, partner, -1), torch.where(mixed, shift, 0)
         oiou = torch.where(mixed, oiou, torch.zeros_like(oiou))
         pids_cpu = pids.cpu()
-        partner_pid = torch.where(mixed & (pids_cpu[partner.clamp_min(0)] != pids_cpu), pids_cpu[partner.clamp_min(0)], -1)
+        partner_pid = torch.where(
+            mixed & (pids_cpu[partner.clamp_min(0)] != pids_cpu), pids_cpu[partner.clamp_min(0)], -1
+        )
         region = self._pixel_region(masks, partner, mixed, images.shape[-2:])
         out = self._compose(images, partner.to(images.device), shift.to(images.device), region.to(images.device))
-        return TransferResult(out, mixed.to(images.device), partner.to(images.device), partner_pid.to(pids.device),
-                              shift.to(images.device), oiou.to(images.device), region.to(images.device))
+        return TransferResult(
+            out,
+            mixed.to(images.device),
+            partner.to(images.device),
+            partner_pid.to(pids.device),
+            shift.to(images.device),
+            oiou.to(images.device),
+            region.to(images.device),
+        )
 
-    def _compose(self, images: torch.Tensor, partner: torch.Tensor, shift: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    def _compose(
+        self, images: torch.Tensor, partner: torch.Tensor, shift: torch.Tensor, region: torch.Tensor
+    ) -> torch.Tensor:
         """roll_r(x_i) where the partner's person is, x_j elsewhere; rows with partner -1 are returned unchanged."""
         width = images.shape[-1]
         columns = (torch.arange(width, device=images.device)[None, :] - shift[:, None] * self.patch_size[1]) % width

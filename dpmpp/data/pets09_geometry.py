@@ -61,7 +61,7 @@ def occlusion(box: Box, same_frame: list[Box]) -> tuple[float, str, dict[str, fl
         paint("pole", POLE)
         paint("sign", SIGN)
     inside = np.zeros((h, w), dtype=bool)
-    inside[max(0, -y0):max(0, min(h, FRAME_HEIGHT - y0)), max(0, -x0):max(0, min(w, FRAME_WIDTH - x0))] = True
+    inside[max(0, -y0) : max(0, min(h, FRAME_HEIGHT - y0)), max(0, -x0) : max(0, min(w, FRAME_WIDTH - x0))] = True
     covered["border"] = ~inside
     union = np.zeros((h, w), dtype=bool)
     for mask in covered.values():

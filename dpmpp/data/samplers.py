@@ -17,13 +17,22 @@ class PKBatchSampler(Sampler[list[int]]):
     and the same number of them. Call `set_epoch` each epoch, as with DistributedSampler.
     """
 
-    def __init__(self, pids: Sequence[int], num_pids: int, num_instances: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        pids: Sequence[int],
+        num_pids: int,
+        num_instances: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.index_by_pid: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             self.index_by_pid[int(pid)].append(index)
         if len(self.index_by_pid) < num_pids:
-            raise ValueError(f"P×K sampling needs at least P={num_pids} identities; the data has {len(self.index_by_pid)}")
+            raise ValueError(
+                f"P×K sampling needs at least P={num_pids} identities; the data has {len(self.index_by_pid)}"
+            )
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.num_pids, self.num_instances = num_pids, num_instances
@@ -44,7 +53,7 @@ class PKBatchSampler(Sampler[list[int]]):
             else:
                 order = torch.randperm(len(indices), generator=generator).tolist()
             chosen = [indices[i] for i in order]
-            groups[pid] = [chosen[i:i + k] for i in range(0, len(chosen) - k + 1, k)]
+            groups[pid] = [chosen[i : i + k] for i in range(0, len(chosen) - k + 1, k)]
         batches = []
         available = [pid for pid in groups if groups[pid]]
         while len(available) >= self.num_pids:
@@ -59,7 +68,7 @@ class PKBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._global_batches()
         usable = len(batches) - len(batches) % self.num_replicas
-        yield from batches[self.rank:usable:self.num_replicas]
+        yield from batches[self.rank : usable : self.num_replicas]
 
     def __len__(self) -> int:
         # The count depends on the shuffle (which identities run out first), so build this epoch's list.

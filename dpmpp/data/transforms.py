@@ -8,8 +8,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def build_transforms(height: int, width: int, train: bool, flip_prob: float = 0.5, pad: int = 10,
-                     erasing_prob: float = 0.0):
+def build_transforms(
+    height: int, width: int, train: bool, flip_prob: float = 0.5, pad: int = 10, erasing_prob: float = 0.0
+):
     """PIL RGB image -> float tensor [3, height, width], normalised like CLIP's pre-training."""
     import torch
 

@@ -19,7 +19,12 @@ from dpmpp.config import Config
 
 logger = logging.getLogger(__name__)
 CONFIG, WEIGHTS, TEXT, METRICS, TRAIN_STATE = (
-    "config.json", "model.safetensors", "text_prototypes.safetensors", "metrics.json", "train_state.pt")
+    "config.json",
+    "model.safetensors",
+    "text_prototypes.safetensors",
+    "metrics.json",
+    "train_state.pt",
+)
 
 
 class CheckpointError(ValueError):
@@ -72,7 +77,8 @@ def load_weights(folder: str | Path, model) -> None:
         details = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}" for k in wrong[:5]]
         raise CheckpointError(
             f"{folder}: weights do not match config.json — missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatches {details} (was config.json edited, or copied from another model?)")
+            f"shape mismatches {details} (was config.json edited, or copied from another model?)"
+        )
     model.load_state_dict(state, strict=False)
 
 

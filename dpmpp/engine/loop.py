@@ -64,10 +64,15 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
     return sum(weights[name] * value for name, value in losses.items() if weights[name] != 0)
 
 
-def run_stage(stage: Stage, start_epoch: int = 0, callback: Callable[[ProgressEvent], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> None:
+def run_stage(
+    stage: Stage,
+    start_epoch: int = 0,
+    callback: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Train `stage` from `start_epoch` (0-based) to its end."""
-    base_lrs = [group["lr"] for group in stage.optimizer.param_groups]
+    # The base rate is remembered in the group, so a resumed optimiser (whose "lr" is the decayed one) keeps it.
+    base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in stage.optimizer.param_groups]
     params = [p for group in stage.optimizer.param_groups for p in group["params"]]
     started, images_seen = time.perf_counter(), 0
     total_steps = max((stage.epochs - start_epoch) * stage.steps_per_epoch, 1)
@@ -75,8 +80,15 @@ def run_stage(stage: Stage, start_epoch: int = 0, callback: Callable[[ProgressEv
         for step, batch in enumerate(stage.batches(epoch)):
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped during {stage.name} epoch {epoch + 1}")
-            factor = lr_factor(epoch * stage.steps_per_epoch + step, stage.steps_per_epoch, stage.epochs,
-                               stage.warmup_epochs, stage.schedule, stage.milestones, stage.gamma)
+            factor = lr_factor(
+                epoch * stage.steps_per_epoch + step,
+                stage.steps_per_epoch,
+                stage.epochs,
+                stage.warmup_epochs,
+                stage.schedule,
+                stage.milestones,
+                stage.gamma,
+            )
             for group, base in zip(stage.optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
             losses, num_images, accuracy = stage.compute(batch)
@@ -84,8 +96,10 @@ def run_stage(stage: Stage, start_epoch: int = 0, callback: Callable[[ProgressEv
             values = {name: float(value.detach()) for name, value in losses.items()}
             bad = {name: v for name, v in values.items() if not math.isfinite(v)}
             if bad or not torch.isfinite(total):
-                raise NonFiniteLossError(f"{stage.name} epoch {epoch + 1} step {step + 1}: non-finite losses {bad or values}; "
-                                         "stopped before saving (lower the learning rate or check the data)")
+                raise NonFiniteLossError(
+                    f"{stage.name} epoch {epoch + 1} step {step + 1}: non-finite losses {bad or values}; "
+                    "stopped before saving (lower the learning rate or check the data)"
+                )
             stage.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if stage.grad_clip:
@@ -95,10 +109,30 @@ def run_stage(stage: Stage, start_epoch: int = 0, callback: Callable[[ProgressEv
             if callback is not None:
                 elapsed = time.perf_counter() - started
                 done = (epoch - start_epoch) * stage.steps_per_epoch + step + 1
-                callback(ProgressEvent(stage.name, epoch + 1, stage.epochs, step + 1, stage.steps_per_epoch,
-                                       {"total": float(total.detach()), **values}, accuracy, images_seen / elapsed,
-                                       elapsed / done * max(total_steps - done, 0), stage.optimizer.param_groups[0]["lr"]))
+                callback(
+                    ProgressEvent(
+                        stage.name,
+                        epoch + 1,
+                        stage.epochs,
+                        step + 1,
+                        stage.steps_per_epoch,
+                        {"total": float(total.detach()), **values},
+                        accuracy,
+                        images_seen / elapsed,
+                        elapsed / done * max(total_steps - done, 0),
+                        stage.optimizer.param_groups[0]["lr"],
+                    )
+                )
         metrics = stage.on_epoch_end(epoch + 1) if stage.on_epoch_end is not None else None
         if metrics is not None and callback is not None:
-            callback(ProgressEvent(stage.name, epoch + 1, stage.epochs, stage.steps_per_epoch, stage.steps_per_epoch,
-                                   metrics=metrics, kind="eval"))
+            callback(
+                ProgressEvent(
+                    stage.name,
+                    epoch + 1,
+                    stage.epochs,
+                    stage.steps_per_epoch,
+                    stage.steps_per_epoch,
+                    metrics=metrics,
+                    kind="eval",
+                )
+            )

@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, warmup_epochs: int, schedule: str,
-              milestones: list[int] | None = None, gamma: float = 0.1, warmup_start: float = 0.01) -> float:
+def lr_factor(
+    step: int,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: int,
+    schedule: str,
+    milestones: list[int] | None = None,
+    gamma: float = 0.1,
+    warmup_start: float = 0.01,
+) -> float:
     """Multiplier of the base rate at global iteration `step` (0-based)."""
     epoch = step / max(steps_per_epoch, 1)
     if epoch < warmup_epochs:

@@ -49,9 +49,14 @@ def _seed_epoch(seed: int, epoch: int, stage_index: int) -> None:
 class Trainer:
     """Builds data, model and stages from a Config and runs them, checkpointing into `out_dir`."""
 
-    def __init__(self, config: Config, out_dir: str | Path, device: str | None = None,
-                 callback: Callable[[ProgressEvent], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        out_dir: str | Path,
+        device: str | None = None,
+        callback: Callable[[ProgressEvent], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
         self.config, self.out_dir = config, Path(out_dir)
         self.dist: DistInfo = init_distributed(device)
         self.device = resolve_device(device, self.dist)
@@ -63,11 +68,17 @@ class Trainer:
             raise ValueError(f"{config.data.name} has no training images")
         self.pid_map = self.split.train_pid_map()
         image_size = (config.data.height, config.data.width)
-        self.model, self.text = build_model(config.model, image_size, len(self.pid_map), num_cameras_of(self.split),
-                                            device=self.device)
-        self.meta = {"num_classes": len(self.pid_map), "num_cameras": num_cameras_of(self.split),
-                     "image_size": list(image_size), "dataset": config.data.name, "pids": sorted(self.pid_map),
-                     "train_images": len(self.split.train)}
+        self.model, self.text = build_model(
+            config.model, image_size, len(self.pid_map), num_cameras_of(self.split), device=self.device
+        )
+        self.meta = {
+            "num_classes": len(self.pid_map),
+            "num_cameras": num_cameras_of(self.split),
+            "image_size": list(image_size),
+            "dataset": config.data.name,
+            "pids": sorted(self.pid_map),
+            "train_images": len(self.split.train),
+        }
         self.test_transform = build_transforms(*image_size, train=False)
         self.history: list[dict] = []
         self.train_seconds = 0.0
@@ -88,15 +99,24 @@ class Trainer:
         def batches(epoch: int):
             _seed_epoch(cfg.seed, epoch, 1)
             order = torch.randperm(len(labels)).to(self.device)
-            return (order[i * batch_size:(i + 1) * batch_size] for i in range(steps))
+            return (order[i * batch_size : (i + 1) * batch_size] for i in range(steps))
 
         def compute(index: torch.Tensor):
             self.text.train()
             text_feats = self.text(labels[index])
             return stage1_losses(image_feats[index], text_feats, labels[index]), len(index), None
 
-        return Stage("stage1", cfg.stage1_epochs, steps, optimizer, batches, compute, loss_weights(self.config.loss),
-                     warmup_epochs=cfg.stage1_warmup_epochs, schedule="cosine")
+        return Stage(
+            "stage1",
+            cfg.stage1_epochs,
+            steps,
+            optimizer,
+            batches,
+            compute,
+            loss_weights(self.config.loss),
+            warmup_epochs=cfg.stage1_warmup_epochs,
+            schedule="cosine",
+        )
 
     @torch.no_grad()
     def finish_stage1(self) -> None:
@@ -106,35 +126,72 @@ class Trainer:
     # ----- stage 2: dynamic masked metric -------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
         cfg, model = self.config.train, self.model
-        head_modules = [m for m in (model.mask_generator, model.saliency_head, model.encoder.camera) if m is not None]
-        head = [p for m in head_modules for p in m.parameters()]
+        head_modules = [
+            m for m in (model.mask_generator, model.saliency_head, model.encoder.camera, model.neck) if m is not None
+        ]
+        head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
         if model.prototypes is not None:
             head.append(model.prototypes)
         head_ids = {id(p) for p in head}
-        encoder = [p for p in model.encoder.parameters() if id(p) not in head_ids]
-        return [{"name": "encoder", "params": encoder, "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
-                {"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.weight_decay}]
+        encoder = [p for p in model.encoder.parameters() if id(p) not in head_ids and p.requires_grad]
+        return [
+            {"name": "encoder", "params": encoder, "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
+            {"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
+        ]
 
     def stage2(self) -> Stage:
         cfg, data, aug = self.config.train, self.config.data, self.config.aug
-        dataset = ImageDataset(self.split.train, build_transforms(data.height, data.width, train=True,
-                               flip_prob=data.flip_prob, pad=data.pad, erasing_prob=data.erasing_prob), self.pid_map)
-        sampler = PKBatchSampler([r.pid for r in self.split.train], data.num_pids, data.num_instances, cfg.seed,
-                                 self.dist.world_size, self.dist.rank)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
-                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        dataset = ImageDataset(
+            self.split.train,
+            build_transforms(
+                data.height,
+                data.width,
+                train=True,
+                flip_prob=data.flip_prob,
+                pad=data.pad,
+                erasing_prob=data.erasing_prob,
+            ),
+            self.pid_map,
+        )
+        sampler = PKBatchSampler(
+            [r.pid for r in self.split.train],
+            data.num_pids,
+            data.num_instances,
+            cfg.seed,
+            self.dist.world_size,
+            self.dist.rank,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=data.num_workers,
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
         generator = torch.Generator()
         patch = self.model.encoder.visual.patch_size
-        transfer = SaliencyPatchTransfer(aug.transfer_prob, aug.patch_transfer and self.model.saliency_head is not None,
-                                         aug.occlusion_pairing, aug.top_fraction, aug.min_oiou, aug.saliency_threshold,
-                                         tuple(patch), generator)
+        transfer = SaliencyPatchTransfer(
+            aug.transfer_prob,
+            aug.patch_transfer and self.model.saliency_head is not None,
+            aug.occlusion_pairing,
+            aug.top_fraction,
+            aug.min_oiou,
+            aug.saliency_threshold,
+            tuple(patch),
+            generator,
+        )
         for p in self.model.parameters():
             p.requires_grad_(True)
+        if self.model.neck is not None:
+            self.model.neck.bias.requires_grad_(False)
         optimizer = torch.optim.Adam(self.parameter_groups())
         network = self.model
         if self.dist.enabled:
-            network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                              else None, find_unused_parameters=True)
+            network = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         use_amp = cfg.amp and self.device.type == "cuda"
         epoch_box = [0]
 
@@ -156,9 +213,16 @@ class Trainer:
                 partner_pid = result.partner_pid if aug.class_ignoring else None
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = network(images, camids, extras=True)
-            losses = stage2_losses(out, pids, self.config.loss, prototypes=self.model.prototypes,
-                                   text_prototypes=self.model.text_prototypes, mixed=mixed, partner_pid=partner_pid,
-                                   holistic_positives=aug.holistic_positives)
+            losses = stage2_losses(
+                out,
+                pids,
+                self.config.loss,
+                prototypes=self.model.prototypes,
+                text_prototypes=self.model.text_prototypes,
+                mixed=mixed,
+                partner_pid=partner_pid,
+                holistic_positives=aug.holistic_positives,
+            )
             logits = out.masked_logits if out.masked_logits is not None else out.logits
             accuracy = float((logits.argmax(1) == pids).float().mean()) if logits is not None else None
             return losses, len(images), accuracy
@@ -166,18 +230,32 @@ class Trainer:
         def on_epoch_end(epoch: int) -> dict | None:
             return self.end_of_epoch(epoch, optimizer)
 
-        return Stage("stage2", cfg.epochs, len(sampler), optimizer, batches, compute, loss_weights(self.config.loss),
-                     warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule, milestones=cfg.milestones,
-                     gamma=cfg.gamma, grad_clip=cfg.grad_clip, on_epoch_end=on_epoch_end)
+        return Stage(
+            "stage2",
+            cfg.epochs,
+            len(sampler),
+            optimizer,
+            batches,
+            compute,
+            loss_weights(self.config.loss),
+            warmup_epochs=cfg.warmup_epochs,
+            schedule=cfg.schedule,
+            milestones=cfg.milestones,
+            gamma=cfg.gamma,
+            grad_clip=cfg.grad_clip,
+            on_epoch_end=on_epoch_end,
+        )
 
     # ----- evaluation and checkpoints -----------------------------------------------------------------------
     def evaluate(self, split: Split | None = None) -> dict:
         split = split or self.split
         eval_cfg = self.config.eval
-        q_feats, q_masks = extract(self.model, records_loader(split.query, self.test_transform, eval_cfg.batch_size),
-                                   self.device)
-        g_feats, g_masks = extract(self.model, records_loader(split.gallery, self.test_transform, eval_cfg.batch_size),
-                                   self.device)
+        q_feats, q_masks = extract(
+            self.model, records_loader(split.query, self.test_transform, eval_cfg.batch_size), self.device
+        )
+        g_feats, g_masks = extract(
+            self.model, records_loader(split.gallery, self.test_transform, eval_cfg.batch_size), self.device
+        )
         result = {}
         for label, use_mask in (("masked", True), ("unmasked", False)):
             if use_mask and q_masks is None:
@@ -201,12 +279,23 @@ class Trainer:
         barrier(self.dist)
         return metrics
 
-    def save(self, stage: str, epoch: int, optimizer: torch.optim.Optimizer | None = None, final: dict | None = None) -> None:
-        metrics = {"history": self.history, "train_seconds": round(self.train_seconds, 1), "stage": stage,
-                   "epoch": epoch, **(final or {})}
+    def save(
+        self, stage: str, epoch: int, optimizer: torch.optim.Optimizer | None = None, final: dict | None = None
+    ) -> None:
+        metrics = {
+            "history": self.history,
+            "train_seconds": round(self.train_seconds, 1),
+            "stage": stage,
+            "epoch": epoch,
+            **(final or {}),
+        }
         checkpoint.save_model(self.out_dir, self.model, self.config, self.meta, metrics)
-        state = {"stage": stage, "epoch": epoch, "train_seconds": self.train_seconds,
-                 "optimizer": optimizer.state_dict() if optimizer is not None else {}}
+        state = {
+            "stage": stage,
+            "epoch": epoch,
+            "train_seconds": self.train_seconds,
+            "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        }
         checkpoint.save_train_state(self.out_dir, state)
 
     def run(self, resume: bool = False) -> dict:
@@ -259,9 +348,14 @@ def _image_features(model: DPMPP, loader: DataLoader, device: torch.device) -> t
     return torch.cat([model(b["image"].to(device), b["camid"].to(device), extras=False).proj for b in loader])
 
 
-def train(config: Config, out_dir: str | Path, resume: bool = False, device: str | None = None,
-          callback: Callable[[ProgressEvent], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+def train(
+    config: Config,
+    out_dir: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+    callback: Callable[[ProgressEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
     """Train DPM++ as `config` says and write a checkpoint folder to `out_dir`; returns the final metrics."""
     return Trainer(config, out_dir, device, callback, should_stop).run(resume)
 

@@ -8,7 +8,9 @@ from PIL import Image
 HSV_SIZE = (64, 128)  # (width, height) every crop is resized to before histogramming
 
 
-def hsv_stripe_features(images: list[Image.Image], stripes: int = 6, bins: tuple[int, int, int] = (8, 4, 4)) -> np.ndarray:
+def hsv_stripe_features(
+    images: list[Image.Image], stripes: int = 6, bins: tuple[int, int, int] = (8, 4, 4)
+) -> np.ndarray:
     """Per-horizontal-stripe joint HSV histograms, square-rooted (Hellinger) and L2-normalised. [N, stripes*H*S*V]."""
     hsv = np.stack([np.asarray(im.convert("RGB").resize(HSV_SIZE, Image.BILINEAR).convert("HSV")) for im in images])
     n, height, width, _ = hsv.shape

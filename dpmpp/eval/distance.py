@@ -36,10 +36,10 @@ def masked_cosine(query_feats, query_masks, gallery_feats, gallery_chunk: int = 
     numerator_q, mask_sq = q * m, m * m
     out = torch.empty(q.shape[0], g_all.shape[0], dtype=q.dtype, device=q.device)
     for start in range(0, g_all.shape[0], gallery_chunk):  # chunks of gallery, not a loop over items
-        g = F.normalize(g_all[start:start + gallery_chunk].to(q), dim=1)
+        g = F.normalize(g_all[start : start + gallery_chunk].to(q), dim=1)
         numerator = numerator_q @ g.T
         denominator = (mask_sq @ (g * g).T).clamp_min(_EPS).sqrt()
-        out[:, start:start + g.shape[0]] = numerator / denominator
+        out[:, start : start + g.shape[0]] = numerator / denominator
     return out.numpy() if as_numpy else out
 
 

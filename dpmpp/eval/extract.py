@@ -14,13 +14,19 @@ from dpmpp.eval.metrics import ReIDMetrics, evaluate
 
 
 @torch.no_grad()
-def extract(model, images_or_loader, device, camids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def extract(
+    model, images_or_loader, device, camids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised prototype-space features [N, E] and masks [N, E] (None without a mask generator), on CPU.
 
     Accepts a DataLoader of batch dicts or a single image tensor [B, 3, H, W].
     """
     model.eval()
-    batches = [{"image": images_or_loader, "camid": camids}] if isinstance(images_or_loader, torch.Tensor) else images_or_loader
+    batches = (
+        [{"image": images_or_loader, "camid": camids}]
+        if isinstance(images_or_loader, torch.Tensor)
+        else images_or_loader
+    )
     feats, masks = [], []
     for batch in batches:
         camid = batch.get("camid")
@@ -44,8 +50,15 @@ def similarity(query_feats, query_masks, gallery_feats, gallery_masks=None, use_
     return masked_cosine(query_feats, query_masks, gallery_feats)
 
 
-def evaluate_features(split: Split, query_feats, query_masks, gallery_feats, gallery_masks=None,
-                      use_mask: bool = True, symmetric: bool = False) -> ReIDMetrics:
+def evaluate_features(
+    split: Split,
+    query_feats,
+    query_masks,
+    gallery_feats,
+    gallery_masks=None,
+    use_mask: bool = True,
+    symmetric: bool = False,
+) -> ReIDMetrics:
     sim = similarity(query_feats, query_masks, gallery_feats, gallery_masks, use_mask, symmetric)
     sim = sim.numpy() if isinstance(sim, torch.Tensor) else sim
     pids = lambda records: np.array([r.pid for r in records])  # noqa: E731

@@ -73,9 +73,13 @@ def evaluate(
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
     num_query, num_gallery = distmat.shape
     if q_pids.shape != (num_query,) or q_camids.shape != (num_query,):
-        raise ValueError(f"distmat has {num_query} queries but q_pids/q_camids have shapes {q_pids.shape}/{q_camids.shape}")
+        raise ValueError(
+            f"distmat has {num_query} queries but q_pids/q_camids have shapes {q_pids.shape}/{q_camids.shape}"
+        )
     if g_pids.shape != (num_gallery,) or g_camids.shape != (num_gallery,):
-        raise ValueError(f"distmat has {num_gallery} gallery items but g_pids/g_camids have shapes {g_pids.shape}/{g_camids.shape}")
+        raise ValueError(
+            f"distmat has {num_gallery} gallery items but g_pids/g_camids have shapes {g_pids.shape}/{g_camids.shape}"
+        )
     if np.isnan(distmat).any():
         raise ValueError("distmat contains NaN; features or masks are broken upstream")
     max_rank = min(max_rank, num_gallery)
@@ -85,8 +89,16 @@ def evaluate(
     first_rank = np.zeros(num_query, dtype=np.int64)
     for start in range(0, num_query, chunk_size):  # a loop over blocks of queries, not over queries
         stop = min(start + chunk_size, num_query)
-        _evaluate_block(distmat[start:stop], q_pids[start:stop], g_pids, q_camids[start:stop], g_camids,
-                        ap[start:stop], inp[start:stop], first_rank[start:stop])
+        _evaluate_block(
+            distmat[start:stop],
+            q_pids[start:stop],
+            g_pids,
+            q_camids[start:stop],
+            g_camids,
+            ap[start:stop],
+            inp[start:stop],
+            first_rank[start:stop],
+        )
 
     valid = first_rank > 0
     num_valid = int(valid.sum())
@@ -95,8 +107,14 @@ def evaluate(
     ranks = np.arange(1, max_rank + 1)
     cmc = (first_rank[valid, None] <= ranks[None, :]).mean(axis=0)
     return ReIDMetrics(
-        cmc=cmc, mAP=float(np.nanmean(ap)), mINP=float(np.nanmean(inp)), num_query=num_query,
-        num_valid_query=num_valid, num_gallery=num_gallery, ap=ap, first_true_rank=first_rank,
+        cmc=cmc,
+        mAP=float(np.nanmean(ap)),
+        mINP=float(np.nanmean(inp)),
+        num_query=num_query,
+        num_valid_query=num_valid,
+        num_gallery=num_gallery,
+        ap=ap,
+        first_true_rank=first_rank,
     )
 
 

@@ -20,9 +20,17 @@ def stage1_losses(image_feats: torch.Tensor, text_feats: torch.Tensor, labels: t
     }
 
 
-def stage2_losses(out, labels: torch.Tensor, cfg: LossCfg, *, prototypes: torch.Tensor | None,
-                  text_prototypes: torch.Tensor | None, mixed: torch.Tensor | None = None,
-                  partner_pid: torch.Tensor | None = None, holistic_positives: bool = False) -> dict[str, torch.Tensor]:
+def stage2_losses(
+    out,
+    labels: torch.Tensor,
+    cfg: LossCfg,
+    *,
+    prototypes: torch.Tensor | None,
+    text_prototypes: torch.Tensor | None,
+    mixed: torch.Tensor | None = None,
+    partner_pid: torch.Tensor | None = None,
+    holistic_positives: bool = False,
+) -> dict[str, torch.Tensor]:
     """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring."""
     ignore = partner_pid if partner_pid is not None and bool((partner_pid >= 0).any()) else None
     losses: dict[str, torch.Tensor] = {}
@@ -35,27 +43,39 @@ def stage2_losses(out, labels: torch.Tensor, cfg: LossCfg, *, prototypes: torch.
         if cfg.i2t_scale is None:
             text_logits = out.text_logits
         else:
-            text_logits = cfg.i2t_scale * torch.nn.functional.normalize(out.proj, dim=1) @ \
-                torch.nn.functional.normalize(text_prototypes, dim=1).T
+            text_logits = (
+                cfg.i2t_scale
+                * torch.nn.functional.normalize(out.proj, dim=1)
+                @ torch.nn.functional.normalize(text_prototypes, dim=1).T
+            )
         losses["i2t"] = smoothed_cross_entropy(text_logits, labels, cfg.label_smoothing, ignore)
     positives, negatives = pair_masks(labels, mixed, partner_pid, holistic_positives)
-    losses["triplet"] = (batch_hard_triplet(out.feat, positives, negatives, cfg.triplet_margin)
-                         + batch_hard_triplet(out.proj, positives, negatives, cfg.triplet_margin))
+    losses["triplet"] = batch_hard_triplet(out.feat, positives, negatives, cfg.triplet_margin) + batch_hard_triplet(
+        out.proj_raw if out.proj_raw is not None else out.proj, positives, negatives, cfg.triplet_margin
+    )
     if out.attention is not None:
         losses["orth"] = head_orthogonality(out.attention)
     if cfg.align_weight > 0 and prototypes is not None and text_prototypes is not None:
         losses["align"] = prototype_alignment(prototypes, text_prototypes)
     if out.saliency is not None and prototypes is not None:
-        losses.update(saliency_selection(out.saliency, out.patch_proj, prototypes, labels, cfg.id_scale,
-                                         cfg.saliency_keep, ignore))
+        losses.update(
+            saliency_selection(
+                out.saliency, out.patch_proj, prototypes, labels, cfg.id_scale, cfg.saliency_keep, ignore
+            )
+        )
     return losses
 
 
 def loss_weights(cfg: LossCfg) -> dict[str, float]:
     return {
-        "i2t_supcon": 1.0, "t2i_supcon": 1.0,
-        "id": cfg.id_weight, "arcface": cfg.arcface_weight, "i2t": cfg.i2t_weight, "triplet": cfg.triplet_weight,
-        "orth": cfg.orth_weight, "align": cfg.align_weight,
+        "i2t_supcon": 1.0,
+        "t2i_supcon": 1.0,
+        "id": cfg.id_weight,
+        "arcface": cfg.arcface_weight,
+        "i2t": cfg.i2t_weight,
+        "triplet": cfg.triplet_weight,
+        "orth": cfg.orth_weight,
+        "align": cfg.align_weight,
         "saliency_cls": cfg.saliency_weight,
         "saliency_ratio": cfg.saliency_weight * cfg.saliency_ratio_weight,
         "saliency_overlap": cfg.saliency_weight * cfg.saliency_overlap_weight,

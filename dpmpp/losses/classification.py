@@ -18,8 +18,9 @@ def ignore_partner(logits: torch.Tensor, ignore: torch.Tensor | None) -> torch.T
     return logits
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0,
-                           ignore: torch.Tensor | None = None) -> torch.Tensor:
+def smoothed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0, ignore: torch.Tensor | None = None
+) -> torch.Tensor:
     """Label-smoothed CE whose smoothing mass goes only to classes that are not ignored. [B, C], [B] -> scalar."""
     logits = ignore_partner(logits, ignore)
     log_probs = F.log_softmax(logits, dim=1)

@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
-def pair_masks(labels: torch.Tensor, mixed: torch.Tensor | None = None, partner: torch.Tensor | None = None,
-               holistic_positives: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_masks(
+    labels: torch.Tensor,
+    mixed: torch.Tensor | None = None,
+    partner: torch.Tensor | None = None,
+    holistic_positives: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which (anchor, other) pairs count as positives and negatives. labels [B] -> two [B, B] bool masks.
 
     `partner[i]` is the identity whose pixels were pasted into sample i (-1 if none): with class-ignoring, a
@@ -25,8 +29,9 @@ def pair_masks(labels: torch.Tensor, mixed: torch.Tensor | None = None, partner:
     return positives, negatives
 
 
-def batch_hard_triplet(feats: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
-                       margin: float | None = 0.3) -> torch.Tensor:
+def batch_hard_triplet(
+    feats: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, margin: float | None = 0.3
+) -> torch.Tensor:
     """Hardest positive vs hardest negative per anchor (Euclidean); `margin=None` is the soft margin."""
     dist = torch.cdist(feats.float(), feats.float()).clamp_min(1e-12)
     valid = positives.any(1) & negatives.any(1)
@@ -39,8 +44,13 @@ def batch_hard_triplet(feats: torch.Tensor, positives: torch.Tensor, negatives: 
     return F.relu(hardest_positive - hardest_negative + margin).mean()
 
 
-def supervised_contrastive(queries: torch.Tensor, keys: torch.Tensor, query_labels: torch.Tensor,
-                           key_labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def supervised_contrastive(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_labels: torch.Tensor,
+    key_labels: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """CLIP-ReID's SupCon: mean log-likelihood of same-identity keys among all keys. [B, E], [K, E] -> scalar."""
     logits = queries @ keys.T / temperature
     logits = logits - logits.amax(dim=1, keepdim=True).detach()

@@ -22,9 +22,15 @@ def prototype_alignment(prototypes: torch.Tensor, text_prototypes: torch.Tensor)
     return (1 - F.cosine_similarity(prototypes, text_prototypes, dim=1)).mean()
 
 
-def saliency_selection(saliency: torch.Tensor, patch_proj: torch.Tensor, prototypes: torch.Tensor,
-                       labels: torch.Tensor, scale: float, keep: float, ignore: torch.Tensor | None = None
-                       ) -> dict[str, torch.Tensor]:
+def saliency_selection(
+    saliency: torch.Tensor,
+    patch_proj: torch.Tensor,
+    prototypes: torch.Tensor,
+    labels: torch.Tensor,
+    scale: float,
+    keep: float,
+    ignore: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """SPT's losses for the saliency head. saliency [B, h, w], patch_proj [B, N, E], prototypes [C, E].
 
     The kept patches must still classify, about `keep` of them are kept, and the discarded patches must not

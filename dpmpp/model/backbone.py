@@ -51,7 +51,7 @@ def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
         f"CLIP weights {model_name!r}/{pretrained!r} are not on this machine and nothing is downloaded at run time.\n"
         f"Looked for: {pretrained!r} as a file; " + "; ".join(looked or ["(no known source for this tag)"]) + ".\n"
         f"Provide them with --pretrained /path/to/weights (OpenAI's ViT-B-16.pt or an open_clip .safetensors/.bin), "
-        f"or fill the cache once on a machine with internet: python -c \"import open_clip; "
+        f'or fill the cache once on a machine with internet: python -c "import open_clip; '
         f"open_clip.create_model('{model_name}', pretrained='{pretrained}')\" and copy ~/.cache/huggingface. "
         f"Known tags for this model: {tags}. Use --set model.pretrained=null to train from random init."
     )
@@ -62,8 +62,9 @@ def create_clip(model_name: str, pretrained: str | None, image_size: tuple[int, 
     weights = resolve_pretrained(model_name, pretrained)
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-16-quickgelu, dpmpp-tiny")
-    model = open_clip.create_model(model_name, pretrained=weights, force_image_size=tuple(image_size),
-                                   device=device or "cpu")
+    model = open_clip.create_model(
+        model_name, pretrained=weights, force_image_size=tuple(image_size), device=device or "cpu"
+    )
     logger.info("created %s (%s) at %s", model_name, weights or "random init", tuple(image_size))
     return model
 
@@ -124,8 +125,9 @@ class ImageEncoder(nn.Module):
         if self.camera is not None:
             self.camera.camids = camids
         try:
-            out = self.visual.forward_intermediates(images, indices=indices, intermediates_only=True,
-                                                    output_fmt="NLC", output_extra_tokens=True)
+            out = self.visual.forward_intermediates(
+                images, indices=indices, intermediates_only=True, output_fmt="NLC", output_extra_tokens=True
+            )
         finally:
             if self.camera is not None:
                 self.camera.camids = None
@@ -135,7 +137,9 @@ class ImageEncoder(nn.Module):
         h, w = images.shape[-2] // self.visual.patch_size[0], images.shape[-1] // self.visual.patch_size[1]
         maps = [tokens[b].transpose(1, 2).reshape(len(images), self.width, h, w) for b in self.map_blocks]
         return VisualTokens(
-            cls=cls, proj=cls @ self.visual.proj, maps=maps,
+            cls=cls,
+            proj=cls @ self.visual.proj,
+            maps=maps,
             last_block_input=torch.cat([prefix[before_last], tokens[before_last]], dim=1),
             last_tokens=tokens[last],
         )

@@ -10,7 +10,7 @@ from torch import nn
 
 from dpmpp.config import ModelCfg
 from dpmpp.model.backbone import ImageEncoder, create_clip
-from dpmpp.model.heads import MaskGenerator, SaliencyHead, cosine_logits, masked_cosine_logits
+from dpmpp.model.heads import BNNeck, MaskGenerator, SaliencyHead, cosine_logits, masked_cosine_logits
 from dpmpp.model.text import PromptLearner, TextEncoder
 
 
@@ -19,7 +19,8 @@ class DPMPPOutput:
     """One output type for training and inference; fields that were not computed are None."""
 
     feat: torch.Tensor  # [B, W] CLS feature x
-    proj: torch.Tensor  # [B, E] projected feature p (prototype space)
+    proj: torch.Tensor  # [B, E] projected feature p (prototype space), after the BN neck when enabled
+    proj_raw: torch.Tensor | None = None  # [B, E] p before the BN neck (what the triplet loss sees)
     mask: torch.Tensor | None = None  # [B, E] dynamic prototype mask in (0, 1)
     logits: torch.Tensor | None = None  # [B, C] unmasked cosine to the prototypes
     masked_logits: torch.Tensor | None = None  # [B, C] masked cosine to the prototypes
@@ -40,9 +41,11 @@ class DPMPP(nn.Module):
         if self.prototypes is not None:
             nn.init.normal_(self.prototypes, std=0.02)
         self.register_buffer("text_prototypes", torch.zeros(num_classes, embed_dim) if cfg.use_text_stage else None)
-        self.mask_generator = (MaskGenerator(width, num_maps, embed_dim, cfg.mask_hidden, cfg.mask_reduce)
-                               if cfg.use_mask else None)
+        self.mask_generator = (
+            MaskGenerator(width, num_maps, embed_dim, cfg.mask_hidden, cfg.mask_reduce) if cfg.use_mask else None
+        )
         self.saliency_head = SaliencyHead(width, num_maps) if cfg.saliency_head else None
+        self.neck = BNNeck(embed_dim) if cfg.bnneck else None
 
     @property
     def embed_dim(self) -> int:
@@ -57,19 +60,22 @@ class DPMPP(nn.Module):
         if self.cfg.prototype_init == "text" and self.prototypes is not None:
             self.prototypes.copy_(F.normalize(text_features, dim=1))
 
-    def forward(self, images: torch.Tensor, camids: torch.Tensor | None = None, extras: bool | None = None) -> DPMPPOutput:
+    def forward(
+        self, images: torch.Tensor, camids: torch.Tensor | None = None, extras: bool | None = None
+    ) -> DPMPPOutput:
         """images [B, 3, H, W]; `extras` (default: in training) adds saliency, patch tokens and attention."""
         extras = self.training if extras is None else extras
         tokens = self.encoder(images, camids)
-        out = DPMPPOutput(feat=tokens.cls, proj=tokens.proj)
+        proj = self.neck(tokens.proj) if self.neck is not None else tokens.proj
+        out = DPMPPOutput(feat=tokens.cls, proj=proj, proj_raw=tokens.proj)
         if self.mask_generator is not None:
             out.mask = self.mask_generator(tokens.maps)
         if self.prototypes is not None:
-            out.logits = cosine_logits(tokens.proj, self.prototypes)
+            out.logits = cosine_logits(proj, self.prototypes)
             if out.mask is not None:
-                out.masked_logits = masked_cosine_logits(tokens.proj, out.mask, self.prototypes)
+                out.masked_logits = masked_cosine_logits(proj, out.mask, self.prototypes)
         if self.text_prototypes is not None:
-            out.text_logits = tokens.proj @ self.text_prototypes.T
+            out.text_logits = proj @ self.text_prototypes.T
         if extras:
             if self.saliency_head is not None:
                 maps = [m.detach() for m in tokens.maps] if self.cfg.saliency_detach else tokens.maps
@@ -100,13 +106,22 @@ class TextBranch(nn.Module):
         return self.encoder(embeddings, eot)
 
 
-def build_model(cfg: ModelCfg, image_size: tuple[int, int], num_classes: int, num_cameras: int = 0,
-                with_text: bool = True, load_pretrained: bool = True, device=None) -> tuple[DPMPP, TextBranch | None]:
+def build_model(
+    cfg: ModelCfg,
+    image_size: tuple[int, int],
+    num_classes: int,
+    num_cameras: int = 0,
+    with_text: bool = True,
+    load_pretrained: bool = True,
+    device=None,
+) -> tuple[DPMPP, TextBranch | None]:
     """Create the DPM++ model (and, for training, the text branch) from open_clip."""
     clip = create_clip(cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device)
     encoder = ImageEncoder(clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef)
     model = DPMPP(encoder, cfg, num_classes)
-    text = TextBranch(clip, cfg.clip_model, num_classes, cfg.prompt_template) if with_text and cfg.use_text_stage else None
+    text = (
+        TextBranch(clip, cfg.clip_model, num_classes, cfg.prompt_template) if with_text and cfg.use_text_stage else None
+    )
     if device is not None:
         model.to(device)
         if text is not None:

@@ -10,8 +10,11 @@ _EPS = 1e-12
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
 
 
 class MaskGenerator(nn.Module):
@@ -23,13 +26,24 @@ class MaskGenerator(nn.Module):
 
     def __init__(self, width: int, num_maps: int, out_dim: int, hidden: int = 512, reduce: int | None = None) -> None:
         super().__init__()
-        self.reduce = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(width, reduce, 1, bias=False), nn.BatchNorm2d(reduce), nn.ReLU(inplace=True))
-             for _ in range(num_maps)]) if reduce else None
+        self.reduce = (
+            nn.ModuleList(
+                [
+                    nn.Sequential(
+                        nn.Conv2d(width, reduce, 1, bias=False), nn.BatchNorm2d(reduce), nn.ReLU(inplace=True)
+                    )
+                    for _ in range(num_maps)
+                ]
+            )
+            if reduce
+            else None
+        )
         in_channels = (reduce or width) * num_maps
         self.body = nn.Sequential(
-            _conv_block(in_channels, hidden), nn.MaxPool2d(2, ceil_mode=True),
-            _conv_block(hidden, hidden), nn.MaxPool2d(2, ceil_mode=True),
+            _conv_block(in_channels, hidden),
+            nn.MaxPool2d(2, ceil_mode=True),
+            _conv_block(hidden, hidden),
+            nn.MaxPool2d(2, ceil_mode=True),
             _conv_block(hidden, hidden),
         )
         self.fc = nn.Linear(hidden, out_dim)
@@ -54,13 +68,29 @@ class SaliencyHead(nn.Module):
         return torch.sigmoid(self.conv(torch.cat(maps, dim=1))).squeeze(1)
 
 
+class BNNeck(nn.BatchNorm1d):
+    """CLIP-ReID's BatchNorm neck (no learnt shift); a batch of one uses the running statistics."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.bias.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:  # batch statistics of one sample are undefined
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def cosine_logits(feats: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """[B, D] x [C, D] -> [B, C] cosine similarities."""
     return F.normalize(feats, dim=1) @ F.normalize(prototypes, dim=1).T
 
 
 def masked_cosine_logits(feats: torch.Tensor, masks: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """`cos_ic = <f̂_i, normalize(m_i ⊙ ŵ_c)>`: each sample's mask gates the prototypes. [B, D], [B, D], [C, D] -> [B, C]."""
+    """`cos_ic = <f̂_i, normalize(m_i ⊙ ŵ_c)>`: each sample's mask gates the prototypes.
+
+    feats [B, D], masks [B, D], prototypes [C, D] -> [B, C].
+    """
     f_hat = F.normalize(feats, dim=1)
     w_hat = F.normalize(prototypes, dim=1)
     numerator = (f_hat * masks) @ w_hat.T

@@ -48,7 +48,7 @@ class PromptLearner(nn.Module):
             embedding = clip.token_embedding(tokens)  # [1, L, W]
         start = int(positions[0])
         self.register_buffer("prefix", embedding[:, :start].clone(), persistent=False)
-        self.register_buffer("suffix", embedding[:, start + n_ctx:].clone(), persistent=False)
+        self.register_buffer("suffix", embedding[:, start + n_ctx :].clone(), persistent=False)
         self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)  # EOT has the largest id
         self.ctx = nn.Parameter(torch.empty(num_classes, n_ctx, embedding.shape[-1]))
         nn.init.normal_(self.ctx, std=0.02)

@@ -21,7 +21,9 @@ def _read(root: Path, name: str) -> dict[str, list[ReIDRecord]]:
     manifest = root / "manifest.csv"
     if not manifest.is_file():
         found = sorted(p.name for p in root.iterdir())[:20]
-        raise DatasetLayoutError(f"{name}: expected {manifest} (built by `python -m dpmpp build-data pets09`); found {found}")
+        raise DatasetLayoutError(
+            f"{name}: expected {manifest} (built by `python -m dpmpp build-data pets09`); found {found}"
+        )
     by_role: dict[str, list[ReIDRecord]] = {"train": [], "query": [], "gallery": []}
     with open(manifest, newline="") as handle:
         reader = csv.DictReader(handle)
@@ -41,7 +43,9 @@ def _read(root: Path, name: str) -> dict[str, list[ReIDRecord]]:
                 by_role[row["role"]].append(record)
     missing_files = [r.path for records in by_role.values() for r in records if not Path(r.path).is_file()]
     if missing_files:
-        raise DatasetLayoutError(f"{name}: {len(missing_files)} crops listed in {manifest} are missing, e.g. {missing_files[:3]}")
+        raise DatasetLayoutError(
+            f"{name}: {len(missing_files)} crops listed in {manifest} are missing, e.g. {missing_files[:3]}"
+        )
     return by_role
 
 

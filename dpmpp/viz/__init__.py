@@ -1,0 +1,1 @@
+"""Figure builders (numpy / PIL / plotly); no UI framework here."""

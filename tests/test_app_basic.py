@@ -1,0 +1,47 @@
+"""The explorer behind the app agrees with the metric, and the app's retrieve handler renders it."""
+
+import math
+
+import numpy as np
+import pytest
+
+from dpmpp.api import BenchmarkExplorer
+from dpmpp.data.datasets import load_split
+from dpmpp.eval.baseline_eval import evaluate_baseline
+from dpmpp.paths import ASSETS
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return BenchmarkExplorer(load_split("pets09_occ", ASSETS / "pets09_occ"))
+
+
+def test_per_query_ap_and_first_rank_match_the_metric(explorer):
+    metrics = evaluate_baseline("hsv", explorer.split)
+    for index in range(0, len(explorer.split.query), 7):
+        result = explorer.retrieve(index, top_k=10)
+        assert result.ap == pytest.approx(metrics.ap[index])
+        assert result.first_true_rank == metrics.first_true_rank[index]
+        query = explorer.split.query[index]
+        assert all(not (item.pid == query.pid and item.camid == query.camid) for item in result.items)
+        assert result.hidden == sum(r.pid == query.pid and r.camid == query.camid for r in explorer.split.gallery)
+        assert [item.score for item in result.items] == sorted((item.score for item in result.items), reverse=True)
+
+
+def test_retrieve_handler_renders_a_strip():
+    import app
+
+    demo = app.build_demo(None)
+    assert demo is not None
+    choices = app.query_choices(app.explorer_for(None))
+    aps = [float(label.split()[1]) for label, _ in choices]
+    assert aps == sorted(aps)  # failures first
+    explorer = app.explorer_for(None)
+    result = explorer.retrieve(choices[0][1], top_k=10)
+    assert len(result.items) == 10 and not math.isnan(result.ap)
+    from dpmpp.viz.rank_strip import GREEN, RED, rank_strip
+
+    strip = np.asarray(rank_strip(result.query_path, [(i.path, i.correct, i.score) for i in result.items]))
+    assert strip.shape[1] > 10 * 64
+    first_tile_border = tuple(strip[2, 72 + 10 + 2])  # top border of rank 1 (query tile 72 px + 10 px gap)
+    assert first_tile_border == (GREEN if result.items[0].correct else RED)

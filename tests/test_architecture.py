@@ -1,0 +1,54 @@
+"""The import direction of DESIGN.md §2, checked on the source (boundaries erode silently otherwise)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dpmpp"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_library_never_imports_gradio_and_only_cli_imports_argparse():
+    for path in PACKAGE.rglob("*.py"):
+        modules = imported_modules(path)
+        assert not any(m.split(".")[0] == "gradio" for m in modules), path
+        if path.name != "cli.py":
+            assert "argparse" not in modules, path
+
+
+def test_model_depends_only_on_torch_open_clip_and_config():
+    allowed_roots = {
+        "torch",
+        "open_clip",
+        "dpmpp",
+        "__future__",
+        "dataclasses",
+        "logging",
+        "os",
+        "pathlib",
+        "math",
+        "typing",
+        "huggingface_hub",
+    }
+    for path in (PACKAGE / "model").rglob("*.py"):
+        for module in imported_modules(path):
+            assert module.split(".")[0] in allowed_roots, (path, module)
+            if module.startswith("dpmpp."):
+                assert module.startswith(("dpmpp.model", "dpmpp.config")), (path, module)
+
+
+def test_lower_layers_do_not_import_upper_layers():
+    upper = {"dpmpp.api", "dpmpp.cli", "dpmpp.engine"}
+    for sub in ("model", "data", "eval", "losses", "viz"):
+        for path in (PACKAGE / sub).rglob("*.py"):
+            bad = {m for m in imported_modules(path) if any(m == u or m.startswith(u + ".") for u in upper)}
+            assert not bad, (path, bad)

@@ -1,0 +1,87 @@
+"""Saliency-guided patch transfer really mixes, leaves the rest alone, pairs by OIoU, and repeats under a seed."""
+
+import torch
+
+from dpmpp.data.patch_transfer import SaliencyPatchTransfer, occlusion_iou
+
+PATCH = (8, 8)
+
+
+def batch(seed=0, b=6):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(b, 3, 64, 32, generator=g)
+    saliency = torch.rand(b, 8, 4, generator=g)
+    pids = torch.arange(b) // 2
+    return images, saliency, pids
+
+
+def make(prob, seed=0, **kwargs):
+    return SaliencyPatchTransfer(prob=prob, patch_size=PATCH, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_prob_zero_is_identity():
+    images, saliency, pids = batch()
+    result = make(0.0)(images, saliency, pids)
+    assert torch.equal(result.images, images) and not result.mixed.any()
+    assert (result.partner_pid == -1).all()
+    disabled = make(1.0, enabled=False)(images, saliency, pids)
+    assert torch.equal(disabled.images, images)
+
+
+def test_prob_one_changes_images_and_untouched_pixels_stay():
+    images, saliency, pids = batch()
+    result = make(1.0)(images, saliency, pids)
+    assert result.mixed.all()
+    for i in range(len(images)):
+        j, shift = int(result.partner[i]), int(result.shift[i])
+        assert j != i
+        anchor = torch.roll(images[i], shift * PATCH[1], dims=-1)
+        region = result.region[i]
+        assert region.any() and not torch.equal(result.images[i], images[i])
+        assert torch.equal(result.images[i][:, ~region], anchor[:, ~region])  # the anchor's own pixels
+        assert torch.equal(result.images[i][:, region], images[j][:, region])  # the partner's pixels
+        # the region is exactly where the partner's binarised saliency says "not person", at patch granularity
+        expected = (saliency[j] <= 0.5).repeat_interleave(8, 0).repeat_interleave(8, 1)
+        assert torch.equal(region, expected)
+
+
+def test_partner_identity_is_recorded_for_class_ignoring():
+    images, saliency, pids = batch()
+    result = make(1.0)(images, saliency, pids)
+    for i in range(len(images)):
+        partner_pid = int(pids[int(result.partner[i])])
+        expected = partner_pid if partner_pid != int(pids[i]) else -1
+        assert int(result.partner_pid[i]) == expected
+
+
+def test_fixed_seed_repeats_exactly_and_other_seeds_differ():
+    images, saliency, pids = batch()
+    a, b = make(0.5, seed=3)(images, saliency, pids), make(0.5, seed=3)(images, saliency, pids)
+    assert torch.equal(a.images, b.images) and torch.equal(a.partner, b.partner)
+    results = [make(0.5, seed=s)(images, saliency, pids).mixed for s in range(8)]
+    assert any(not torch.equal(results[0], r) for r in results[1:])
+
+
+def test_oiou_matches_loop_and_pairing_picks_high_overlap():
+    masks = torch.rand(5, 6, 4, generator=torch.Generator().manual_seed(1)) > 0.5
+    scores = occlusion_iou(masks)
+    for i in range(5):
+        for r in range(4):
+            for j in range(5):
+                rolled = torch.roll(masks[i], r, dims=1)
+                expected = (rolled & masks[j]).sum() / masks[j].sum().clamp_min(1)
+                assert torch.isclose(scores[i, r, j], expected.float())
+    # Anchor 0 has a person in column 0; partner 1 has it in column 2: the best shift is 2.
+    m = torch.zeros(3, 4, 4, dtype=torch.bool)
+    m[0, :, 0] = True
+    m[1, :, 2] = True
+    m[2, 0, 3] = True
+    transfer = make(1.0, top_fraction=0.01, min_oiou=0.7)
+    partner, shift, oiou = transfer._choose(m, 3, 4)
+    assert (int(partner[0]), int(shift[0]), float(oiou[0])) in {(1, 2, 1.0), (2, 3, 1.0)}
+
+
+def test_random_pairing_when_occlusion_pairing_is_off():
+    images, saliency, pids = batch()
+    result = make(1.0, pairing=False)(images, saliency, pids)
+    assert result.mixed.all() and (result.shift == 0).all() and (result.partner != torch.arange(6)).all()

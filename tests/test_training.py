@@ -1,0 +1,136 @@
+"""End-to-end training through the CLI and the engine: train -> eval, resume equivalence, NaN stop, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpmpp.config import apply_overrides, load_preset
+from dpmpp.engine import checkpoint
+from dpmpp.engine.loop import NonFiniteLossError, TrainingStopped
+from dpmpp.engine.train import Trainer, train
+from tests.conftest import FAST
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "dpmpp", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_train_then_eval_through_the_cli(small_data, tmp_path):
+    out = tmp_path / "ckpt"
+    sets = [item for s in FAST for item in ("--set", s)]
+    result = run_cli(
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        "manifest",
+        "--root",
+        str(small_data),
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        *sets,
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stage2 2/2" in result.stderr  # the progress bar reached the end
+    for name in ("config.json", "model.safetensors", "text_prototypes.safetensors", "metrics.json"):
+        assert (out / name).is_file()
+    final = json.loads(result.stdout.strip().splitlines()[-1])
+    masked = final["manifest"]["masked"]
+    evaluated = run_cli("eval", "--checkpoint", str(out), "--data", "manifest", "--root", str(small_data), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    again = json.loads(evaluated.stdout)
+    assert again["rank1"] == pytest.approx(masked["rank1"]) and again["mAP"] == pytest.approx(masked["mAP"])
+    unmasked = json.loads(
+        run_cli(
+            "eval", "--checkpoint", str(out), "--data", "manifest", "--root", str(small_data), "--json", "--no-mask"
+        ).stdout
+    )
+    assert unmasked["mAP"] == pytest.approx(final["manifest"]["unmasked"]["mAP"])
+    image = sorted((ROOT / "assets/pets09_occ/crops/query").iterdir())[0]
+    embedded = run_cli("embed", "--checkpoint", str(out), str(image), "--out", str(tmp_path / "f.npz"))
+    assert embedded.returncode == 0, embedded.stderr[-2000:]
+    arrays = np.load(tmp_path / "f.npz")
+    assert arrays["features"].shape == arrays["masks"].shape == (1, 256)
+
+
+def test_resume_repeats_the_uninterrupted_run(fast_config, tmp_path):
+    fast_config.data.num_workers = 0
+    train(fast_config, tmp_path / "full")
+    last = {}
+
+    def remember(event):
+        last.update(stage=event.stage, epoch=event.epoch, step=event.step, steps=event.steps)
+
+    def stop_after_first_stage2_epoch() -> bool:
+        return last.get("stage") == "stage2" and last["epoch"] == 1 and last["step"] == last["steps"]
+
+    with pytest.raises(TrainingStopped):
+        train(fast_config, tmp_path / "half", callback=remember, should_stop=stop_after_first_stage2_epoch)
+    assert checkpoint.load_train_state(tmp_path / "half")["epoch"] == 1
+    train(fast_config, tmp_path / "half", resume=True)
+    full, resumed = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "half/model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        torch.testing.assert_close(full[key], resumed[key], rtol=1e-4, atol=1e-5, msg=key)
+    state = checkpoint.load_train_state(tmp_path / "half")
+    assert state["stage"] == "done" and state["epoch"] == 2
+
+
+def test_non_finite_loss_stops_without_writing(fast_config, tmp_path):
+    fast_config.train.lr_encoder = float("nan")
+    fast_config.model.use_text_stage = False
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        train(fast_config, tmp_path / "nan")
+    assert not (tmp_path / "nan/model.safetensors").exists()
+
+
+def test_ddp_two_cpu_processes_agree(small_data, tmp_path):
+    """torchrun, 2 CPU processes (gloo): after training, both replicas hold identical weights."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29517",
+        str(ROOT / "tests/ddp_worker.py"),
+        str(small_data),
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    # Parameters are kept identical by gradient all-reduce. BatchNorm running statistics are per-rank (DDP
+    # broadcasts rank 0's at every forward); rank 0, which writes the checkpoint, holds the ones that count.
+    parameters = [k for k in rank0 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(parameters) > 50
+    for key in parameters:
+        torch.testing.assert_close(rank0[key], rank1[key], msg=key)
+    initial = Trainer(_fast_manifest_config(small_data), tmp_path / "unused").model.state_dict()
+    assert any(not torch.equal(initial[k], rank0[k]) for k in rank0)  # training really moved the weights
+
+
+def _fast_manifest_config(root):
+    config = apply_overrides(load_preset("tiny"), FAST + ["data.num_workers=0", "train.epochs=1"])
+    config.data.name, config.data.root = "manifest", str(root)
+    return config
