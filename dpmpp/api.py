@@ -14,7 +14,8 @@ from dpmpp.data.images import load_image
 from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.data.transforms import build_transforms
 from dpmpp.engine import checkpoint
-from dpmpp.eval.extract import evaluate_features, similarity
+from dpmpp.engine.distributed import pick_device
+from dpmpp.eval.extract import evaluate_similarity, similarity
 from dpmpp.eval.metrics import ReIDMetrics
 from dpmpp.model.dpmpp import build_model
 from dpmpp.paths import DEFAULT_CHECKPOINT
@@ -46,7 +47,7 @@ class Pipeline:
     def from_checkpoint(cls, path: str | Path | None = None, device: str | None = None) -> "Pipeline":
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
         config, meta = checkpoint.read_config(folder)
-        resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        resolved = pick_device(device)
         try:
             model, _ = build_model(
                 config.model,
@@ -121,15 +122,7 @@ class Pipeline:
         self, split: Split, use_mask: bool = True, symmetric: bool = False, batch_size: int = 128
     ) -> ReIDMetrics:
         query, gallery = self.embed_records(split.query, batch_size), self.embed_records(split.gallery, batch_size)
-        return evaluate_features(
-            split,
-            query.features,
-            query.masks,
-            gallery.features,
-            gallery.masks,
-            use_mask and query.masks is not None,
-            symmetric,
-        )
+        return evaluate_similarity(split, self.similarity(query, gallery, use_mask, symmetric))
 
 
 @dataclass

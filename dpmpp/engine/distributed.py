@@ -36,12 +36,15 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return info
 
 
-def resolve_device(device: str | None, info: DistInfo) -> torch.device:
+def pick_device(device: str | None = None, index: int = 0) -> torch.device:
+    """The named device, else the GPU `index` when one is present, else the CPU."""
     if device:
         return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", info.local_rank)
-    return torch.device("cpu")
+    return torch.device("cuda", index) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_device(device: str | None, info: DistInfo) -> torch.device:
+    return pick_device(device, info.local_rank)
 
 
 def barrier(info: DistInfo) -> None:

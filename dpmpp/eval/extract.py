@@ -50,6 +50,14 @@ def similarity(query_feats, query_masks, gallery_feats, gallery_masks=None, use_
     return masked_cosine(query_feats, query_masks, gallery_feats)
 
 
+def evaluate_similarity(split: Split, sim) -> ReIDMetrics:
+    """CMC/mAP/mINP of a [Q, G] similarity matrix (numpy or tensor) over `split`'s query and gallery."""
+    sim = sim.numpy() if isinstance(sim, torch.Tensor) else np.asarray(sim)
+    pids = lambda records: np.array([r.pid for r in records])  # noqa: E731
+    camids = lambda records: np.array([r.camid for r in records])  # noqa: E731
+    return evaluate(1.0 - sim, pids(split.query), pids(split.gallery), camids(split.query), camids(split.gallery))
+
+
 def evaluate_features(
     split: Split,
     query_feats,
@@ -59,8 +67,6 @@ def evaluate_features(
     use_mask: bool = True,
     symmetric: bool = False,
 ) -> ReIDMetrics:
-    sim = similarity(query_feats, query_masks, gallery_feats, gallery_masks, use_mask, symmetric)
-    sim = sim.numpy() if isinstance(sim, torch.Tensor) else sim
-    pids = lambda records: np.array([r.pid for r in records])  # noqa: E731
-    camids = lambda records: np.array([r.camid for r in records])  # noqa: E731
-    return evaluate(1.0 - sim, pids(split.query), pids(split.gallery), camids(split.query), camids(split.gallery))
+    return evaluate_similarity(
+        split, similarity(query_feats, query_masks, gallery_feats, gallery_masks, use_mask, symmetric)
+    )
