@@ -40,7 +40,7 @@ def explorer_for(checkpoint: str | None) -> BenchmarkExplorer:
 
 def query_choices(explorer: BenchmarkExplorer) -> list[tuple[str, int]]:
     """Queries labelled with person, occluder and AP; failures (lowest AP) first."""
-    aps = [explorer.retrieve(i, top_k=1).ap for i in range(len(explorer.split.query))]
+    aps = explorer.metrics().ap.tolist()
     order = sorted(range(len(aps)), key=lambda i: (aps[i] if not math.isnan(aps[i]) else 2.0, i))
     labels = []
     for i in order:

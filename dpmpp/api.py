@@ -15,7 +15,7 @@ from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.data.transforms import build_transforms
 from dpmpp.engine import checkpoint
 from dpmpp.engine.distributed import pick_device
-from dpmpp.eval.extract import evaluate_similarity, similarity
+from dpmpp.eval.extract import evaluate_similarity, extract, similarity
 from dpmpp.eval.metrics import ReIDMetrics
 from dpmpp.model.dpmpp import build_model
 from dpmpp.paths import DEFAULT_CHECKPOINT
@@ -75,17 +75,16 @@ class Pipeline:
     @torch.no_grad()
     def embed(self, images: Sequence, camids: Sequence[int] | None = None, batch_size: int = 128) -> Embedding:
         """Features [N, E] and masks [N, E] for a list of images (paths, PIL images or numpy arrays)."""
-        feats, masks = [], []
-        for start in range(0, len(images), batch_size):
-            batch = self.preprocess(images[start : start + batch_size]).to(self.device)
-            cams = None if camids is None else torch.as_tensor(camids[start : start + batch_size], device=self.device)
-            out = self.model(batch, cams, extras=False)
-            feats.append(torch.nn.functional.normalize(out.proj.float(), dim=1).cpu())
-            if out.mask is not None:
-                masks.append(out.mask.float().cpu())
-        if not feats:
+        if len(images) == 0:
             raise ValueError("embed() needs at least one image")
-        return Embedding(torch.cat(feats).numpy(), torch.cat(masks).numpy() if masks else None)
+
+        def batches():
+            for start in range(0, len(images), batch_size):
+                chunk = None if camids is None else torch.as_tensor(camids[start : start + batch_size])
+                yield {"image": self.preprocess(images[start : start + batch_size]), "camid": chunk}
+
+        feats, masks = extract(self.model, batches(), self.device)
+        return Embedding(feats.numpy(), None if masks is None else masks.numpy())
 
     def embed_records(self, records: list[ReIDRecord], batch_size: int = 128) -> Embedding:
         return self.embed(
@@ -159,6 +158,8 @@ class BenchmarkExplorer:
             self.gallery = Embedding(baseline_features("hsv", split.gallery), None)
         self.g_pids = np.array([r.pid for r in split.gallery])
         self.g_camids = np.array([r.camid for r in split.gallery])
+        self._similarity: dict[bool, np.ndarray] = {}
+        self._metrics: dict[bool, ReIDMetrics] = {}
 
     @property
     def model_name(self) -> str:
@@ -167,28 +168,30 @@ class BenchmarkExplorer:
         return f"DPM++ {self.pipeline.config.preset} ({self.pipeline.folder})"
 
     def similarity(self, use_mask: bool = True) -> np.ndarray:
-        if self.pipeline is None:
-            return self.query.features @ self.gallery.features.T
-        return self.pipeline.similarity(self.query, self.gallery, use_mask)
+        """[Q, G] query-gallery similarity, computed once per matching rule."""
+        key = bool(use_mask) and self.pipeline is not None
+        if key not in self._similarity:
+            if self.pipeline is None:
+                self._similarity[key] = self.query.features @ self.gallery.features.T
+            else:
+                self._similarity[key] = self.pipeline.similarity(self.query, self.gallery, key)
+        return self._similarity[key]
+
+    def metrics(self, use_mask: bool = True) -> ReIDMetrics:
+        """The benchmark's metrics, with per-query AP and first-true-match rank (the metric's own numbers)."""
+        key = bool(use_mask) and self.pipeline is not None
+        if key not in self._metrics:
+            self._metrics[key] = evaluate_similarity(self.split, self.similarity(key))
+        return self._metrics[key]
 
     def retrieve(self, query_index: int, top_k: int = 10, use_mask: bool = True) -> Retrieval:
         if not 0 <= query_index < len(self.split.query):
             raise IndexError(f"query index {query_index} outside 0..{len(self.split.query) - 1}")
         query = self.split.query[query_index]
-        one = Embedding(
-            self.query.features[query_index : query_index + 1],
-            None if self.query.masks is None else self.query.masks[query_index : query_index + 1],
-        )
-        scores = (
-            self.pipeline.similarity(one, self.gallery, use_mask)
-            if self.pipeline is not None
-            else one.features @ self.gallery.features.T
-        )[0]
+        scores = self.similarity(use_mask)[query_index]
         hidden = (self.g_pids == query.pid) & (self.g_camids == query.camid)
         order = np.argsort(-np.where(hidden, -np.inf, scores), kind="stable")[: len(scores) - int(hidden.sum())]
-        correct = self.g_pids[order] == query.pid
-        hits = np.flatnonzero(correct)
-        ap = float(np.mean((np.arange(len(hits)) + 1) / (hits + 1))) if len(hits) else float("nan")
+        metrics = self.metrics(use_mask)
         items = [
             RankedItem(
                 int(i),
@@ -196,8 +199,15 @@ class BenchmarkExplorer:
                 int(self.g_pids[i]),
                 int(self.g_camids[i]),
                 float(scores[i]),
-                bool(c),
+                bool(self.g_pids[i] == query.pid),
             )
-            for i, c in zip(order[:top_k], correct[:top_k])
+            for i in order[:top_k]
         ]
-        return Retrieval(query_index, query.path, items, ap, int(hits[0]) + 1 if len(hits) else 0, int(hidden.sum()))
+        return Retrieval(
+            query_index,
+            query.path,
+            items,
+            float(metrics.ap[query_index]),
+            int(metrics.first_true_rank[query_index]),
+            int(hidden.sum()),
+        )

@@ -48,6 +48,8 @@ def cmd_eval(args) -> int:
     from dpmpp.data.datasets import load_split
 
     split = load_split(args.data, _data_root(args))
+    if not args.json:
+        print(split.summary())
     if args.baseline:
         from dpmpp.eval.baseline_eval import evaluate_baseline
 

@@ -26,6 +26,12 @@ def test_per_query_ap_and_first_rank_match_the_metric(explorer):
         assert all(not (item.pid == query.pid and item.camid == query.camid) for item in result.items)
         assert result.hidden == sum(r.pid == query.pid and r.camid == query.camid for r in explorer.split.gallery)
         assert [item.score for item in result.items] == sorted((item.score for item in result.items), reverse=True)
+        # the displayed ranking and the metric agree on where the first true match is
+        correct = [item.correct for item in result.items]
+        if 0 < result.first_true_rank <= 10:
+            assert correct.index(True) == result.first_true_rank - 1
+        else:
+            assert not any(correct)
 
 
 def test_retrieve_handler_renders_a_strip():

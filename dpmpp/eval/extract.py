@@ -19,7 +19,7 @@ def extract(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised prototype-space features [N, E] and masks [N, E] (None without a mask generator), on CPU.
 
-    Accepts a DataLoader of batch dicts or a single image tensor [B, 3, H, W].
+    Accepts an iterable of batch dicts ({"image", optional "camid"}) or a single image tensor [B, 3, H, W].
     """
     model.eval()
     batches = (

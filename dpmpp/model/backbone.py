@@ -22,8 +22,11 @@ class PretrainedWeightsMissing(FileNotFoundError):
     """CLIP weights were asked for but are not on this machine (nothing is downloaded at run time)."""
 
 
-def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
-    """A local weights file for (model, tag), or None for random init. Never downloads."""
+def resolve_pretrained(model_name: str, pretrained: str | None, cache_dir: str | Path | None = None) -> str | None:
+    """A local weights file for (model, tag), or None for random init. Never downloads.
+
+    Looks in `cache_dir` when given, else in the Hugging Face cache and ~/.cache/clip (OpenAI's own files).
+    """
     if pretrained is None or pretrained in ("", "none", "None"):
         return None
     if Path(pretrained).expanduser().is_file():
@@ -37,11 +40,12 @@ def resolve_pretrained(model_name: str, pretrained: str | None) -> str | None:
         for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
             looked.append(f"huggingface cache: {repo_id}/{filename}")
             try:
-                return hf_hub_download(repo_id, filename, local_files_only=True)
+                return hf_hub_download(repo_id, filename, local_files_only=True, cache_dir=cache_dir)
             except Exception:  # noqa: BLE001 - any failure means "not cached"
                 continue
     if cfg.get("url"):
-        for folder in (Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip",):
+        default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip"
+        for folder in (Path(cache_dir) if cache_dir else default,):
             candidate = folder / Path(cfg["url"]).name
             looked.append(str(candidate))
             if candidate.is_file():
