@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from dpmpp.data.images import load_image
+from dpmpp.data.patch_transfer import compose, occlusion_iou, pixel_region
 from dpmpp.data.records import ReIDRecord, Split
-from dpmpp.data.transforms import build_transforms
+from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
 from dpmpp.engine.distributed import pick_device
 from dpmpp.eval.extract import evaluate_similarity, extract, similarity
@@ -95,6 +96,63 @@ class Pipeline:
     def _uses_cameras(self) -> bool:
         return self.model.encoder.camera is not None
 
+    @torch.no_grad()
+    def saliency(self, images: Sequence) -> np.ndarray:
+        """Per-patch saliency [N, h, w] in (0, 1) from the model's saliency head."""
+        batch = self.preprocess(images).to(self.device)
+        return self.model.saliency(batch).float().cpu().numpy()
+
+    def transfer(
+        self,
+        anchor,
+        candidates: Sequence,
+        partner_index: int | None = None,
+        shift: int | None = None,
+        threshold: float | None = None,
+    ) -> TransferView:
+        """Occlude `anchor` with a partner's real occlusion pattern (SPT, METHOD.md §4).
+
+        The partner is `candidates[partner_index]`, or, when None, the candidate and shift with the highest
+        occlusion-aware IoU (deterministic: the best pair rather than a draw from the top 10 %).
+        """
+        if len(candidates) == 0:
+            raise ValueError("transfer() needs at least one partner candidate")
+        threshold = self.config.aug.saliency_threshold if threshold is None else threshold
+        images = self.preprocess([anchor, *candidates])
+        with torch.no_grad():
+            saliency = self.model.saliency(images.to(self.device)).float().cpu()
+        masks = saliency > threshold
+        scores = occlusion_iou(masks)[0, :, 1:]  # [shifts, candidates] for the anchor
+        if partner_index is not None and not 0 <= partner_index < len(candidates):
+            raise IndexError(f"partner_index {partner_index} outside 0..{len(candidates) - 1}")
+        allowed = scores.clone()
+        if partner_index is not None:
+            allowed[:, [i for i in range(len(candidates)) if i != partner_index]] = -1
+        if shift is not None:
+            allowed[[r for r in range(scores.shape[0]) if r != shift % scores.shape[0]], :] = -1
+        best = int(allowed.flatten().argmax())
+        chosen_shift, chosen = divmod(best, scores.shape[1])
+        pair = images[[0, chosen + 1]]  # [anchor, partner]
+        partner, mixed = torch.tensor([1, -1]), torch.tensor([True, False])
+        patch = tuple(self.model.encoder.visual.patch_size)
+        region = pixel_region(masks[[0, chosen + 1]], partner, mixed, images.shape[-2:], patch)
+        mixed_images = compose(pair, partner, torch.tensor([chosen_shift, 0]), region, patch)
+        as_uint8 = lambda x: (denormalize(x[None])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+        return TransferView(
+            image=as_uint8(mixed_images[0]),
+            anchor=as_uint8(images[0]),
+            partner=as_uint8(images[chosen + 1]),
+            anchor_saliency=saliency[0].numpy(),
+            partner_saliency=saliency[chosen + 1].numpy(),
+            anchor_mask=masks[0].numpy(),
+            partner_mask=masks[chosen + 1].numpy(),
+            region=region[0].numpy(),
+            partner_index=chosen,
+            shift=chosen_shift,
+            oiou=float(scores[chosen_shift, chosen]),
+            occluded_fraction=float(region[0].float().mean()),
+        )
+
     def similarity(
         self, query: Embedding, gallery: Embedding, use_mask: bool = True, symmetric: bool = False
     ) -> np.ndarray:
@@ -122,6 +180,24 @@ class Pipeline:
     ) -> ReIDMetrics:
         query, gallery = self.embed_records(split.query, batch_size), self.embed_records(split.gallery, batch_size)
         return evaluate_similarity(split, self.similarity(query, gallery, use_mask, symmetric))
+
+
+@dataclass
+class TransferView:
+    """One saliency-guided patch transfer, everything at model input size, ready to show or embed."""
+
+    image: np.ndarray  # [H, W, 3] uint8: the anchor carrying the partner's occlusion
+    anchor: np.ndarray  # [H, W, 3] uint8
+    partner: np.ndarray  # [H, W, 3] uint8
+    anchor_saliency: np.ndarray  # [h, w] in (0, 1)
+    partner_saliency: np.ndarray  # [h, w] in (0, 1)
+    anchor_mask: np.ndarray  # [h, w] bool, binarised saliency (True = person)
+    partner_mask: np.ndarray  # [h, w] bool
+    region: np.ndarray  # [H, W] bool: pixels taken from the partner
+    partner_index: int  # index into the candidates
+    shift: int  # circular shift of the anchor, in patch columns
+    oiou: float  # occlusion-aware IoU of the pair
+    occluded_fraction: float  # share of pixels that came from the partner
 
 
 @dataclass

@@ -107,6 +107,9 @@ def test_build_writes_crops_and_is_deterministic(tmp_path):
         red, green, blue = np.asarray(crop).reshape(-1, 3).mean(axis=0)
         assert (red > 150) != (green > 150)  # the crop holds the coloured person, not background
     assert {r["role"] for r in rows} >= {"train", "gallery"}
+    bank = (tmp_path / "a/occluders/bank.csv").read_text()
+    assert "pole,pole" in bank and "sign,sign" in bank and "person_PA" in bank
+    assert (tmp_path / "a/occluders/bank.csv").read_bytes() == (tmp_path / "b/occluders/bank.csv").read_bytes()
 
 
 def test_build_data_cli_and_bad_video(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from dpmpp.atomic import write_text
+from dpmpp.data.build_occluders import clear_scene_frame, write_bank
 from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occlusion
 
 logger = logging.getLogger(__name__)
@@ -158,11 +159,13 @@ def crop(frame_rgb: np.ndarray, row: dict) -> Image.Image:
 def build(
     video: str | Path, gt: str | Path, groups: str | Path, out: str | Path, protocol: Protocol = Protocol()
 ) -> list[dict]:
-    """Write crops and `manifest.csv` under `out`; returns the manifest rows."""
+    """Write crops, the occluder bank and `manifest.csv` under `out`; returns the manifest rows."""
     import cv2  # only the builder decodes video
 
     out = Path(out)
-    rows = plan(read_gt(gt), read_groups(groups), protocol)
+    boxes = read_gt(gt)
+    rows = plan(boxes, read_groups(groups), protocol)
+    scene_frame, scene_rgb = clear_scene_frame(boxes), None
     wanted: dict[int, list[dict]] = defaultdict(list)
     for row in rows:
         wanted[row["frame"]].append(row)
@@ -170,12 +173,14 @@ def build(
     if not capture.isOpened():
         raise ValueError(f"cannot decode video {video}; expected the PETS09-S2L1 vtest.avi (needs opencv's FFmpeg)")
     frame_number = 0
-    last_frame = max(wanted) if wanted else 0
+    last_frame = max(max(wanted, default=0), scene_frame)
     while frame_number < last_frame:
         ok, frame_bgr = capture.read()
         if not ok:
             raise ValueError(f"{video} ended at frame {frame_number}; the ground truth needs frame {last_frame}")
         frame_number += 1  # gt frame f is the f-th decoded frame
+        if frame_number == scene_frame:
+            scene_rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         for row in wanted.get(frame_number, []):
             path = out / row["path"]
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +188,7 @@ def build(
             crop(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB), row).save(buffer, format="JPEG", quality=JPEG_QUALITY)
             path.write_bytes(buffer.getvalue())
     capture.release()
+    write_bank(scene_rgb, scene_frame, rows, out)
     write_text(out / "manifest.csv", manifest_text(rows))
     logger.info("wrote %d crops and %s", len(rows), out / "manifest.csv")
     return rows

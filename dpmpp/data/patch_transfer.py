@@ -35,6 +35,28 @@ def occlusion_iou(masks: torch.Tensor) -> torch.Tensor:
     return intersection / visible.clamp_min(1)[None, None, :] * (visible > 0)[None, None, :]
 
 
+def pixel_region(masks: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor, size, patch_size) -> torch.Tensor:
+    """Pixels [B, H, W] that come from the partner: where its binarised saliency says "not person"."""
+    ph, pw = patch_size
+    partner_visible = masks[partner.clamp_min(0)]  # [B, h, w]
+    region = ~partner_visible & mixed[:, None, None]
+    region = region.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
+    return region[:, : size[0], : size[1]]
+
+
+def compose(
+    images: torch.Tensor, partner: torch.Tensor, shift: torch.Tensor, region: torch.Tensor, patch_size
+) -> torch.Tensor:
+    """roll_r(x_i) inside the partner's person, x_j elsewhere; rows with an empty region are only shifted.
+
+    images [B, 3, H, W], partner [B] (batch index, -1: none), shift [B] in patch columns, region [B, H, W].
+    """
+    width = images.shape[-1]
+    columns = (torch.arange(width, device=images.device)[None, :] - shift[:, None] * patch_size[1]) % width
+    rolled = images.gather(-1, columns[:, None, None, :].expand_as(images))  # per-row circular shift
+    return torch.where(region[:, None], images[partner.clamp_min(0)], rolled)
+
+
 class SaliencyPatchTransfer:
     """Batch augmentation; `prob` mixes each anchor independently, `enabled=False` is the identity."""
 
@@ -75,8 +97,10 @@ class SaliencyPatchTransfer:
         partner_pid = torch.where(
             mixed & (pids_cpu[partner.clamp_min(0)] != pids_cpu), pids_cpu[partner.clamp_min(0)], -1
         )
-        region = self._pixel_region(masks, partner, mixed, images.shape[-2:])
-        out = self._compose(images, partner.to(images.device), shift.to(images.device), region.to(images.device))
+        region = pixel_region(masks, partner, mixed, images.shape[-2:], self.patch_size)
+        out = compose(
+            images, partner.to(images.device), shift.to(images.device), region.to(images.device), self.patch_size
+        )
         return TransferResult(
             out,
             mixed.to(images.device),
@@ -86,16 +110,6 @@ class SaliencyPatchTransfer:
             oiou.to(images.device),
             region.to(images.device),
         )
-
-    def _compose(
-        self, images: torch.Tensor, partner: torch.Tensor, shift: torch.Tensor, region: torch.Tensor
-    ) -> torch.Tensor:
-        """roll_r(x_i) where the partner's person is, x_j elsewhere; rows with partner -1 are returned unchanged."""
-        width = images.shape[-1]
-        columns = (torch.arange(width, device=images.device)[None, :] - shift[:, None] * self.patch_size[1]) % width
-        rolled = images.gather(-1, columns[:, None, None, :].expand_as(images))  # per-row circular shift
-        partner_images = images[partner.clamp_min(0)]
-        return torch.where(region[:, None], partner_images, rolled)
 
     def _choose(self, masks: torch.Tensor, b: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(partner, shift, oiou) per anchor, all [B]."""
@@ -114,10 +128,3 @@ class SaliencyPatchTransfer:
         index = torch.where(accept, drawn_index, top_index[:, 0])
         score = torch.where(accept, drawn_score, top_scores[:, 0])
         return index % b, index // b, score.clamp_min(0)
-
-    def _pixel_region(self, masks: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor, size) -> torch.Tensor:
-        ph, pw = self.patch_size
-        partner_visible = masks[partner.clamp_min(0)]  # [B, h, w]
-        region = ~partner_visible & mixed[:, None, None]
-        region = region.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
-        return region[:, : size[0], : size[1]]
