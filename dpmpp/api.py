@@ -17,11 +17,17 @@ from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
 from dpmpp.engine.distributed import pick_device
 from dpmpp.eval.extract import evaluate_similarity, extract, similarity
+from dpmpp.eval.gradcam import prototype_gradcam
 from dpmpp.eval.metrics import ReIDMetrics
 from dpmpp.model.dpmpp import build_model
 from dpmpp.paths import DEFAULT_CHECKPOINT
 
 logger = logging.getLogger(__name__)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A normalised [3, H, W] tensor back to a displayable [H, W, 3] uint8 array."""
+    return (denormalize(image[None])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 @dataclass
@@ -137,11 +143,10 @@ class Pipeline:
         patch = tuple(self.model.encoder.visual.patch_size)
         region = pixel_region(masks[[0, chosen + 1]], partner, mixed, images.shape[-2:], patch)
         mixed_images = compose(pair, partner, torch.tensor([chosen_shift, 0]), region, patch)
-        as_uint8 = lambda x: (denormalize(x[None])[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
         return TransferView(
-            image=as_uint8(mixed_images[0]),
-            anchor=as_uint8(images[0]),
-            partner=as_uint8(images[chosen + 1]),
+            image=_to_uint8(mixed_images[0]),
+            anchor=_to_uint8(images[0]),
+            partner=_to_uint8(images[chosen + 1]),
             anchor_saliency=saliency[0].numpy(),
             partner_saliency=saliency[chosen + 1].numpy(),
             anchor_mask=masks[0].numpy(),
@@ -151,6 +156,19 @@ class Pipeline:
             shift=chosen_shift,
             oiou=float(scores[chosen_shift, chosen]),
             occluded_fraction=float(region[0].float().mean()),
+        )
+
+    def explain(self, image, pid: int | None = None, use_mask: bool = True) -> Explanation:
+        """Grad-CAM of `image` toward the prototype of `pid` (default: the best-matching prototype)."""
+        pids = list(self.meta.get("pids", []))
+        if pid is not None and pid not in pids:
+            raise ValueError(f"identity {pid} has no prototype; this model knows {pids}")
+        batch = self.preprocess([image]).to(self.device)
+        classes = None if pid is None else [pids.index(pid)]
+        maps, chosen, scores = prototype_gradcam(self.model, batch, classes, use_mask)
+        index = int(chosen[0])
+        return Explanation(
+            maps[0], _to_uint8(batch[0].cpu()), index, int(pids[index]) if pids else index, float(scores[0])
         )
 
     def similarity(
@@ -198,6 +216,15 @@ class TransferView:
     shift: int  # circular shift of the anchor, in patch columns
     oiou: float  # occlusion-aware IoU of the pair
     occluded_fraction: float  # share of pixels that came from the partner
+
+
+@dataclass
+class Explanation:
+    heatmap: np.ndarray  # [H, W] Grad-CAM in [0, 1] at model input size
+    image: np.ndarray  # [H, W, 3] uint8, the input at model input size
+    class_index: int  # prototype explained toward
+    pid: int  # that prototype's dataset identity
+    similarity: float  # (masked) cosine to that prototype
 
 
 @dataclass

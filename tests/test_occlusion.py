@@ -86,3 +86,14 @@ def test_api_transfer_picks_the_best_pair_and_mixes_real_pixels(pipeline):
         pipeline.transfer(QUERY, candidates, partner_index=9)
     embedded = pipeline.embed([view.image])
     assert embedded.features.shape == (1, 256)
+
+
+def test_explain_gives_a_gradcam_toward_the_prototype(pipeline):
+    explanation = pipeline.explain(QUERY)
+    assert explanation.heatmap.shape == (128, 64) and explanation.image.shape == (128, 64, 3)
+    assert 0 <= explanation.heatmap.min() and explanation.heatmap.max() <= 1 and explanation.heatmap.std() > 0
+    assert explanation.pid in (1, 2, 3)
+    toward = pipeline.explain(QUERY, pid=2)
+    assert toward.pid == 2 and toward.class_index == 1
+    with pytest.raises(ValueError, match="no prototype"):
+        pipeline.explain(QUERY, pid=99)
