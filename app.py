@@ -13,8 +13,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from dpmpp.api import BenchmarkExplorer, Pipeline
+from dpmpp.api import Pipeline
 from dpmpp.data.datasets import load_split
+from dpmpp.explorer import BenchmarkExplorer
 from dpmpp.paths import ASSETS, DEFAULT_CHECKPOINT
 from dpmpp.viz.rank_strip import rank_strip
 

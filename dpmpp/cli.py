@@ -109,6 +109,8 @@ def cmd_train(args) -> int:
         config.train.seed = args.seed
     if args.pretrained is not None:
         config.model.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    if args.init:
+        config.train.init_checkpoint = args.init
     apply_overrides(config, args.set or [])
     final = train(
         config, args.out, resume=args.resume, device=args.device, callback=None if args.quiet else ProgressPrinter()
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. aug.patch_transfer=false"
     )
+    train.add_argument("--init", default=None, help="start from this checkpoint's weights (other identities are fine)")
     train.add_argument("--out", required=True, help="checkpoint folder to write")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--device", default=None)

@@ -83,6 +83,7 @@ class AugCfg:
 @dataclass
 class TrainCfg:
     seed: int = 0
+    init_checkpoint: str | None = None  # start from this checkpoint's weights (shape-compatible tensors only)
     stage1_epochs: int = 120
     stage1_lr: float = 3.5e-4
     stage1_weight_decay: float = 1e-4

@@ -76,3 +76,20 @@ def test_missing_file_and_pickle_in_disguise(saved, tmp_path):
     with pytest.raises(CheckpointError):
         Pipeline.from_checkpoint(evil, device="cpu")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_start_from_a_checkpoint_with_other_identities(saved):
+    import torch
+
+    from dpmpp.engine.checkpoint import load_compatible_weights
+
+    folder, model = saved
+    other, _ = build_model(load_preset("tiny").model, (64, 32), num_classes=6, num_cameras=2, with_text=False)
+    skipped = load_compatible_weights(folder, other)
+    assert "prototypes" in skipped
+    source = model.state_dict()
+    for name, tensor in other.state_dict().items():
+        if name not in skipped:
+            assert torch.equal(tensor, source[name]), name
+    with pytest.raises(CheckpointError):
+        load_compatible_weights(folder.parent, other)

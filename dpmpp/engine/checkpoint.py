@@ -82,6 +82,25 @@ def load_weights(folder: str | Path, model) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def load_compatible_weights(folder: str | Path, model) -> list[str]:
+    """Start from another checkpoint: copy every tensor whose name and shape match; return the names skipped.
+
+    Typical skips are the prototypes and camera embeddings of a model trained on other identities or cameras.
+    """
+    folder = Path(folder)
+    read_config(folder)  # a clear error when the folder is not a checkpoint
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise CheckpointError(f"{folder}: weights are unreadable or truncated ({error})") from error
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise CheckpointError(f"{folder}: no tensor matches this model's architecture (another preset?)")
+    model.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
 def save_train_state(folder: str | Path, state: dict) -> None:
     with atomic_path(Path(folder) / TRAIN_STATE) as tmp:
         torch.save(state, tmp)

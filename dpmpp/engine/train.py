@@ -79,6 +79,9 @@ class Trainer:
             "pids": sorted(self.pid_map),
             "train_images": len(self.split.train),
         }
+        if config.train.init_checkpoint:
+            skipped = checkpoint.load_compatible_weights(config.train.init_checkpoint, self.model)
+            logger.info("initialised from %s; kept fresh: %s", config.train.init_checkpoint, skipped)
         self.test_transform = build_transforms(*image_size, train=False)
         self.history: list[dict] = []
         self.train_seconds = 0.0

@@ -1,0 +1,252 @@
+"""A benchmark split with its embeddings: ranked retrievals, per-query failure analysis, clean counterparts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dpmpp.api import Embedding, Pipeline
+from dpmpp.data.records import Split
+from dpmpp.eval.extract import evaluate_similarity
+from dpmpp.eval.metrics import ReIDMetrics, evaluate
+
+OCCLUSION_BINS = (0.15, 0.3, 0.5, 1.01)  # query occluded-fraction bins (pets09_occ queries start at 0.15)
+
+
+@dataclass
+class RankedItem:
+    gallery_index: int
+    path: str
+    pid: int
+    camid: int
+    score: float
+    correct: bool | None  # None when the query's identity is unknown (an uploaded image)
+
+
+@dataclass
+class Retrieval:
+    items: list[RankedItem]  # top-k, best first, same-pid-same-camera items hidden
+    ap: float  # average precision over the whole filtered gallery (NaN without a true match or identity)
+    first_true_rank: int  # 1-based; 0 when no true match remains
+    hidden: int  # gallery items hidden by the same-pid-same-camera rule
+    query_path: str = ""
+    query_index: int = -1
+
+
+class BenchmarkExplorer:
+    """Query/gallery embeddings of a split, from a DPM++ checkpoint or (without one) the HSV floor."""
+
+    def __init__(self, split: Split, pipeline: Pipeline | None = None) -> None:
+        self.split, self.pipeline = split, pipeline
+        if pipeline is not None:
+            self.query, self.gallery = pipeline.embed_records(split.query), pipeline.embed_records(split.gallery)
+        else:
+            from dpmpp.eval.baseline_eval import baseline_features
+
+            self.query = Embedding(baseline_features("hsv", split.query), None)
+            self.gallery = Embedding(baseline_features("hsv", split.gallery), None)
+        self.g_pids = np.array([r.pid for r in split.gallery])
+        self.g_camids = np.array([r.camid for r in split.gallery])
+        self._similarity: dict[bool, np.ndarray] = {}
+        self._metrics: dict[bool, ReIDMetrics] = {}
+
+    @property
+    def model_name(self) -> str:
+        if self.pipeline is None:
+            return "HSV stripe histograms (no learning)"
+        return f"DPM++ {self.pipeline.config.preset} ({self.pipeline.folder.name})"
+
+    @property
+    def has_mask(self) -> bool:
+        return self.query.masks is not None
+
+    def _key(self, use_mask: bool) -> bool:
+        return bool(use_mask) and self.has_mask
+
+    def similarity(self, use_mask: bool = True) -> np.ndarray:
+        """[Q, G] query-gallery similarity, computed once per matching rule."""
+        key = self._key(use_mask)
+        if key not in self._similarity:
+            self._similarity[key] = self.scores(self.query, key)
+        return self._similarity[key]
+
+    def scores(self, query: Embedding, use_mask: bool = True) -> np.ndarray:
+        """[N, G] similarity of any embedded images (e.g. an occluded query) to the gallery."""
+        if self.pipeline is None:
+            return query.features @ self.gallery.features.T
+        return self.pipeline.similarity(query, self.gallery, self._key(use_mask))
+
+    def embed(self, images) -> Embedding:
+        if self.pipeline is None:
+            from dpmpp.data.images import load_image
+            from dpmpp.eval.baselines import hsv_stripe_features
+
+            return Embedding(hsv_stripe_features([load_image(i) for i in images]), None)
+        return self.pipeline.embed(images)
+
+    def metrics(self, use_mask: bool = True) -> ReIDMetrics:
+        """The benchmark's metrics, with per-query AP and first-true-match rank (the metric's own numbers)."""
+        key = self._key(use_mask)
+        if key not in self._metrics:
+            self._metrics[key] = evaluate_similarity(self.split, self.similarity(key))
+        return self._metrics[key]
+
+    def rank(self, scores: np.ndarray, pid: int | None, camid: int | None, top_k: int = 10) -> Retrieval:
+        """Rank the gallery by `scores` [G] for a query of identity `pid` seen by `camid` (None: unknown)."""
+        hidden = (self.g_pids == pid) & (self.g_camids == camid) if pid is not None else np.zeros(len(scores), bool)
+        order = np.argsort(-np.where(hidden, -np.inf, scores), kind="stable")[: len(scores) - int(hidden.sum())]
+        ap, first = float("nan"), 0
+        if pid is not None and (self.g_pids[~hidden] == pid).any():
+            metrics = evaluate(1.0 - scores[None], np.array([pid]), self.g_pids, np.array([camid]), self.g_camids)
+            ap, first = float(metrics.ap[0]), int(metrics.first_true_rank[0])
+        items = [
+            RankedItem(
+                int(i),
+                self.split.gallery[i].path,
+                int(self.g_pids[i]),
+                int(self.g_camids[i]),
+                float(scores[i]),
+                None if pid is None else bool(self.g_pids[i] == pid),
+            )
+            for i in order[:top_k]
+        ]
+        return Retrieval(items, ap, first, int(hidden.sum()))
+
+    def retrieve(self, query_index: int, top_k: int = 10, use_mask: bool = True) -> Retrieval:
+        if not 0 <= query_index < len(self.split.query):
+            raise IndexError(f"query index {query_index} outside 0..{len(self.split.query) - 1}")
+        query = self.split.query[query_index]
+        result = self.rank(self.similarity(use_mask)[query_index], query.pid, query.camid, top_k)
+        result.query_path, result.query_index = query.path, query_index
+        return result
+
+    def clean_counterpart(self, query_index: int) -> int | None:
+        """The holistic gallery crop of the same track nearest in time: the query without its occluder."""
+        query = self.split.query[query_index]
+        frame = query.meta.get("frame")
+        candidates = [i for i, r in enumerate(self.split.gallery) if r.camid == query.camid and r.pid == query.pid]
+        if not candidates or frame is None:
+            return None
+        return min(candidates, key=lambda i: (abs(self.split.gallery[i].meta.get("frame", 0) - frame), i))
+
+    def query_table(self, use_mask: bool = True) -> pd.DataFrame:
+        """One row per query: identity, occlusion, AP with the mask on and off, and against its clean counterpart."""
+        masked, plain = self.metrics(use_mask), self.metrics(False)
+        counterparts = [self.clean_counterpart(i) for i in range(len(self.split.query))]
+        clean_ap = self._counterpart_ap(counterparts, use_mask)
+        rows = []
+        for i, record in enumerate(self.split.query):
+            rows.append(
+                {
+                    "query": i,
+                    "file": record.path.rsplit("/", 1)[-1],
+                    "person": record.pid,
+                    "track": record.camid,
+                    "frame": record.meta.get("frame", -1),
+                    "occluder": record.meta.get("occluder", ""),
+                    "occluded": round(float(record.meta.get("occluded_fraction", float("nan"))), 3),
+                    "AP": round(float(masked.ap[i]), 4),
+                    "AP no mask": round(float(plain.ap[i]), 4),
+                    "AP clean": round(clean_ap[i], 4),
+                    "ΔAP clean→occluded": round(float(masked.ap[i]) - clean_ap[i], 4),
+                    "first true rank": int(masked.first_true_rank[i]),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def _counterpart_ap(self, counterparts: list[int | None], use_mask: bool) -> list[float]:
+        chosen = sorted({c for c in counterparts if c is not None})
+        if not chosen:
+            return [float("nan")] * len(counterparts)
+        sub = Embedding(
+            self.gallery.features[chosen], None if self.gallery.masks is None else self.gallery.masks[chosen]
+        )
+        scores = self.scores(sub, use_mask)
+        pids, camids = self.g_pids[chosen], self.g_camids[chosen]
+        metrics = evaluate(1.0 - scores, pids, self.g_pids, camids, self.g_camids)
+        ap_of = dict(zip(chosen, metrics.ap.tolist()))
+        return [ap_of[c] if c is not None else float("nan") for c in counterparts]
+
+    def by_occlusion(self) -> pd.DataFrame:
+        """Rank-1 and mAP per occluded-fraction bin, with the mask on and off."""
+        fractions = np.array([float(r.meta.get("occluded_fraction", np.nan)) for r in self.split.query])
+        rows = []
+        for low, high in zip(OCCLUSION_BINS[:-1], OCCLUSION_BINS[1:]):
+            members = (fractions >= low) & (fractions < high)
+            for label, use_mask in (("mask on", True), ("mask off", False)):
+                if use_mask and not self.has_mask:
+                    continue
+                metrics = self.metrics(use_mask)
+                valid = members & (metrics.first_true_rank > 0)
+                rows.append(
+                    {
+                        "bin": f"{low:.0%}–{min(high, 1):.0%}",
+                        "matching": label,
+                        "queries": int(members.sum()),
+                        "rank-1": float((metrics.first_true_rank[valid] == 1).mean()) if valid.any() else float("nan"),
+                        "mAP": float(np.nanmean(metrics.ap[valid])) if valid.any() else float("nan"),
+                    }
+                )
+        return pd.DataFrame(rows)
+
+
+@dataclass
+class PrototypeMap:
+    """A 2-D UMAP of identity prototypes, gallery and query features (fixed seed), able to place new points."""
+
+    coords: np.ndarray  # [N, 2]
+    kind: list[str]  # "prototype", "gallery" or "query" per point
+    pid: np.ndarray  # [N]
+    index: np.ndarray  # [N] index within its kind
+    occluded_fraction: np.ndarray  # [N], NaN where unknown
+    correct: np.ndarray  # [N] rank-1 correct for queries, NaN otherwise
+    reducer: object
+    note: str  # what was included, and any subsampling
+
+    def place(self, features: np.ndarray) -> np.ndarray:
+        """[M, E] -> [M, 2] coordinates in this map."""
+        return self.reducer.transform(features)
+
+
+def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: int = 20000) -> PrototypeMap:
+    import umap
+
+    parts, kind, pids, index, fractions, correct = [], [], [], [], [], []
+    pipeline = explorer.pipeline
+    if pipeline is not None and pipeline.model.prototypes is not None:
+        prototypes = pipeline.model.prototypes.detach().float().cpu().numpy()
+        prototypes = prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)
+        parts.append(prototypes)
+        kind += ["prototype"] * len(prototypes)
+        pids += list(pipeline.meta.get("pids", range(len(prototypes))))
+        index += list(range(len(prototypes)))
+        fractions += [np.nan] * len(prototypes)
+        correct += [np.nan] * len(prototypes)
+    rank1 = explorer.metrics().first_true_rank == 1
+    for name, records, embedding in (
+        ("gallery", explorer.split.gallery, explorer.gallery),
+        ("query", explorer.split.query, explorer.query),
+    ):
+        parts.append(embedding.features)
+        kind += [name] * len(records)
+        pids += [r.pid for r in records]
+        index += list(range(len(records)))
+        fractions += [float(r.meta.get("occluded_fraction", np.nan)) for r in records]
+        correct += [float(c) for c in rank1] if name == "query" else [np.nan] * len(records)
+    points = np.concatenate(parts).astype(np.float32)
+    note = f"all {len(points)} points"
+    keep = np.arange(len(points))
+    if len(points) > max_points:  # prototypes and queries always kept; the gallery is subsampled
+        rng = np.random.default_rng(seed)
+        is_gallery = np.array(kind) == "gallery"
+        gallery_keep = rng.choice(np.flatnonzero(is_gallery), max_points - int((~is_gallery).sum()), replace=False)
+        keep = np.sort(np.concatenate([np.flatnonzero(~is_gallery), gallery_keep]))
+        note = f"{len(keep)} of {len(points)} points (gallery subsampled at random, seed {seed})"
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed)
+    coords = reducer.fit_transform(points[keep])
+    pick = lambda values: np.asarray(values)[keep]  # noqa: E731
+    return PrototypeMap(
+        coords, list(pick(kind)), pick(pids), pick(index), pick(fractions), pick(correct), reducer, note
+    )

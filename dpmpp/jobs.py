@@ -1,0 +1,116 @@
+"""One background training job at a time, observable by any number of viewers (the app polls it)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dpmpp.config import Config
+from dpmpp.engine.loop import ProgressEvent, TrainingStopped
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobStatus:
+    state: str  # "idle", "running", "stopping", "finished", "stopped", "failed"
+    out_dir: str = ""
+    message: str = ""
+    stage: str = ""
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    images_per_s: float = 0.0
+    eta_s: float = 0.0
+    history: list[dict] = field(default_factory=list)  # one row per step: step, stage, losses, accuracy
+    evaluations: list[dict] = field(default_factory=list)
+    started: float = 0.0
+
+
+class TrainingJobs:
+    """Starts `dpmpp.engine.train.train` in a thread; refuses a second job while one runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._status = JobStatus("idle")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def status(self) -> JobStatus:
+        with self._lock:
+            return JobStatus(
+                **{
+                    **self._status.__dict__,
+                    "history": list(self._status.history),
+                    "evaluations": list(self._status.evaluations),
+                }
+            )
+
+    def start(self, config: Config, out_dir: str | Path) -> JobStatus:
+        """Start training; raises RuntimeError if a job is already running or `out_dir` already holds a model."""
+        out_dir = Path(out_dir)
+        with self._lock:
+            if self._status.state in ("running", "stopping"):
+                raise RuntimeError(
+                    f"a training job is already running into {self._status.out_dir}; wait for it or stop it first"
+                )
+            if (out_dir / "model.safetensors").exists():
+                raise RuntimeError(f"{out_dir} already holds a model; choose another name")
+            self._stop.clear()
+            self._status = JobStatus("running", str(out_dir), "starting", started=time.time())
+            self._thread = threading.Thread(target=self._run, args=(config, out_dir), daemon=True)
+            self._thread.start()
+        return self.status()
+
+    def stop(self) -> JobStatus:
+        with self._lock:
+            if self._status.state == "running":
+                self._stop.set()
+                self._status.state, self._status.message = "stopping", "stopping after the current step"
+        return self.status()
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status()
+
+    def _on_event(self, event: ProgressEvent) -> None:
+        with self._lock:
+            status = self._status
+            status.stage, status.epoch, status.epochs = event.stage, event.epoch, event.epochs
+            status.step, status.steps = event.step, event.steps
+            if event.kind == "eval":
+                status.evaluations.append({"epoch": event.epoch, **(event.metrics or {})})
+                return
+            status.images_per_s, status.eta_s = event.images_per_s, event.eta_s
+            status.history.append(
+                {
+                    "step": len(status.history) + 1,
+                    "stage": event.stage,
+                    "epoch": event.epoch,
+                    "accuracy": event.accuracy,
+                    **event.losses,
+                }
+            )
+            status.message = f"{event.stage} epoch {event.epoch}/{event.epochs}, step {event.step}/{event.steps}"
+
+    def _run(self, config: Config, out_dir: Path) -> None:
+        from dpmpp.engine.train import train
+
+        try:
+            final = train(config, out_dir, callback=self._on_event, should_stop=self._stop.is_set)
+            state, message = "finished", f"finished: {out_dir}"
+            if final:
+                self._status.evaluations.append({"final": final.get("final", final)})
+        except TrainingStopped:
+            state, message = "stopped", f"stopped; the last completed epoch is saved in {out_dir}"
+        except Exception as error:  # noqa: BLE001 - reported to the user, never swallowed silently
+            logger.error("training failed: %s", traceback.format_exc())
+            state, message = "failed", f"failed: {error}"
+        with self._lock:
+            self._status.state, self._status.message = state, message

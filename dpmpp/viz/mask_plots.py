@@ -1,0 +1,80 @@
+"""Plotly figures of the identity-subspace mask: sorted bars, clean vs occluded, per-dimension contributions."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+
+def mask_bars(clean: np.ndarray, occluded: np.ndarray | None, threshold: float) -> go.Figure:
+    """The mask over prototype dimensions, sorted by the clean mask; the occluded one and the difference beside it."""
+    order = np.argsort(-clean, kind="stable")
+    dims = np.arange(len(clean))
+    figure = go.Figure()
+    figure.add_bar(
+        x=dims,
+        y=clean[order],
+        name="clean",
+        marker_color="#2c6fbb",
+        customdata=order,
+        hovertemplate="dimension %{customdata}<br>clean %{y:.3f}<extra></extra>",
+    )
+    if occluded is not None:
+        figure.add_bar(
+            x=dims,
+            y=occluded[order],
+            name="occluded",
+            marker_color="#e07b20",
+            opacity=0.75,
+            customdata=order,
+            hovertemplate="dimension %{customdata}<br>occluded %{y:.3f}<extra></extra>",
+        )
+        figure.add_scatter(
+            x=dims,
+            y=(occluded - clean)[order],
+            name="occluded − clean",
+            mode="lines",
+            line={"color": "#333", "width": 1},
+        )
+    figure.add_hline(y=threshold, line_dash="dot", annotation_text=f"threshold {threshold:.2f}")
+    figure.update_layout(
+        barmode="overlay",
+        height=320,
+        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        xaxis_title="prototype dimensions, sorted by the clean mask",
+        yaxis_title="mask value",
+        legend={"orientation": "h", "y": 1.12},
+    )
+    return figure
+
+
+def contributions(
+    query: np.ndarray, mask: np.ndarray, true_match: np.ndarray | None, wrong_match: np.ndarray | None, top: int = 24
+) -> go.Figure:
+    """Per-dimension terms of the masked score s = Σ_d q̂_d m_d ĝ_d / ‖m ⊙ ĝ‖ for the true and the top wrong match."""
+    figure = go.Figure()
+    terms = {}
+    for label, gallery in (("first true match", true_match), ("top wrong match", wrong_match)):
+        if gallery is not None:
+            terms[label] = query * mask * gallery / max(float(np.linalg.norm(mask * gallery)), 1e-12)
+    if not terms:
+        return figure
+    spread = np.abs(np.subtract(*terms.values())) if len(terms) == 2 else np.abs(next(iter(terms.values())))
+    dims = np.argsort(-spread, kind="stable")[:top]
+    colours = {"first true match": "#1e9e48", "top wrong match": "#d13b3b"}
+    for label, values in terms.items():
+        figure.add_bar(
+            x=[str(d) for d in dims],
+            y=values[dims],
+            name=f"{label} (s = {values.sum():.3f})",
+            marker_color=colours[label],
+        )
+    figure.update_layout(
+        barmode="group",
+        height=300,
+        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        xaxis_title=f"the {len(dims)} dimensions where the two differ most",
+        yaxis_title="contribution to the score",
+        legend={"orientation": "h", "y": 1.15},
+    )
+    return figure
