@@ -1,6 +1,7 @@
-"""Gradio app over dpmpp: browse the bundled occluded benchmark and its ranked retrievals.
+"""dpmpp app: inspect occluded person re-identification with DPM++ in the browser.
 
-Run `python app.py` (127.0.0.1:7860). Model logic lives in dpmpp.api; this file only wires widgets.
+`python app.py` serves http://127.0.0.1:7860 with the bundled model and benchmark. This file only wires widgets;
+all model logic is in dpmpp.api / dpmpp.explorer, all figures in dpmpp.viz.
 """
 
 from __future__ import annotations
@@ -8,37 +9,107 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
 
 from dpmpp.api import Pipeline
-from dpmpp.data.datasets import load_split
-from dpmpp.explorer import BenchmarkExplorer
-from dpmpp.paths import ASSETS, DEFAULT_CHECKPOINT
+from dpmpp.cases import Case, CaseError, read_case
+from dpmpp.config import load_preset, preset_names
+from dpmpp.data.datasets import dataset_names, load_split
+from dpmpp.data.images import ImageLoadError, load_image
+from dpmpp.data.occluders import PasteParams, load_bank, paint, paste
+from dpmpp.engine.checkpoint import CheckpointError, read_config, weights_hash
+from dpmpp.explorer import BenchmarkExplorer, build_prototype_map
+from dpmpp.jobs import TrainingJobs
+from dpmpp.paths import ASSETS, CHECKPOINTS, DEFAULT_CHECKPOINT
+from dpmpp.viz.curves import cmc_figure, loss_figure, occlusion_bins_figure
+from dpmpp.viz.mask_plots import contributions, mask_bars
+from dpmpp.viz.overlays import enlarge, heat_overlay, mask_overlay
 from dpmpp.viz.rank_strip import rank_strip
+from dpmpp.viz.umap_plot import umap_figure
 
 logger = logging.getLogger("dpmpp.app")
-DATA_NOTE = (
-    "Data: PETS 2009 S2.L1 (© University of Reading; Ferryman & Shahrokni, PETS 2009) with MOTChallenge 2015 boxes "
-    "(Leal-Taixé et al., arXiv:1504.01942), cut into the `pets09_occ` benchmark: occluded queries, holistic gallery, "
-    "a true match must come from another appearance (track) of the same person."
+BENCHMARK = ASSETS / "pets09_occ"
+HSV = "HSV colour floor (no model)"
+SETTINGS = {"checkpoint_dir": CHECKPOINTS, "data_root": None}
+JOBS = TrainingJobs()
+
+ABOUT = (
+    "**Data**: PETS 2009 S2.L1, View 001 (© University of Reading; Ferryman & Shahrokni, PETS 2009) with the "
+    "MOTChallenge 2015 boxes (Leal-Taixé et al., arXiv:1504.01942), cut into the `pets09_occ` benchmark: "
+    "213 occluded queries, 754 holistic gallery crops, 10 persons. A true match must come from another appearance "
+    "(track) of the same person. **Model**: DPM++ (dynamic masked metric learning) trained by this project; "
+    "its model card is in the Model tab."
 )
-HOW_TO_READ = (
-    "Blue: the query. Green: same person, red: another person. Gallery crops of the same person *and* the same track "
-    "are hidden, as in the metric: finding the same track again is tracking, not re-identification."
+EXPLAIN_OCCLUDE = (
+    "**Occlude the query** three ways. *Patch transfer* (SPT) keeps the query's own pixels where a partner's "
+    "person is visible and copies the partner's background and occluders everywhere else. The query inherits a "
+    "real occlusion pattern. The partner is the one whose visible silhouette the query's silhouette covers best "
+    "(occlusion-aware IoU, over horizontal shifts). *Paste* puts a real occluder from the scene on the query. "
+    "*Paint* covers the region you draw."
+)
+EXPLAIN_MASK = (
+    "**The mask** is not over pixels. It is over the dimensions of the identity-prototype space: one value in "
+    "(0, 1) per dimension, predicted from the image. The query is compared with each gallery image only in the "
+    "dimensions its mask keeps. When a body part is hidden, the dimensions that describe it should switch off."
+)
+EXPLAIN_RETRIEVAL = (
+    "Blue: the query. Green: the same person, red: another person (grey: identity unknown). Gallery crops of the "
+    "same person *and* the same track are hidden, as in the metric. Finding the same track again is tracking, "
+    "not re-identification. AP is the query's average precision over the whole gallery. *new* marks an item that "
+    "entered the top-k after occlusion."
+)
+EXPLAIN_METRIC = (
+    "Rank-1: share of queries whose best match is correct. mAP: mean of the per-query average precision. "
+    "ΔAP clean→occluded compares each query with its clean counterpart, the same person on the same track a few "
+    "frames away, unoccluded."
 )
 
 
-@lru_cache(maxsize=2)
-def explorer_for(checkpoint: str | None) -> BenchmarkExplorer:
-    """Heavy objects (model, gallery features) are cached per checkpoint, not kept in session state."""
-    split = load_split("pets09_occ", ASSETS / "pets09_occ")
-    pipeline = Pipeline.from_checkpoint(checkpoint, device="cpu") if checkpoint else None
+# ----- cached heavy objects (keyed by checkpoint, shared by all sessions) -------------------------------------
+def checkpoint_choices() -> list[str]:
+    folder = Path(SETTINGS["checkpoint_dir"])
+    found = sorted(str(p.parent) for p in folder.glob("*/model.safetensors")) if folder.is_dir() else []
+    return found + [HSV]
+
+
+@lru_cache(maxsize=4)
+def explorer_for(checkpoint: str) -> BenchmarkExplorer:
+    split = load_split("pets09_occ", BENCHMARK)
+    pipeline = None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
     return BenchmarkExplorer(split, pipeline)
 
 
+@lru_cache(maxsize=4)
+def prototype_map_for(checkpoint: str):
+    return build_prototype_map(explorer_for(checkpoint))
+
+
+@lru_cache(maxsize=4)
+def query_table_for(checkpoint: str):
+    return explorer_for(checkpoint).query_table()
+
+
+@lru_cache(maxsize=1)
+def transfer_partners() -> list[str]:
+    """Partners for patch transfer: real occluded training crops (their occlusion is what gets transferred)."""
+    split = load_split("pets09_occ", BENCHMARK)
+    occluded = [r for r in split.train if float(r.meta.get("occluded_fraction", 0)) >= 0.15]
+    return [r.path for r in occluded]
+
+
+@lru_cache(maxsize=1)
+def occluder_bank() -> dict:
+    return {o.name: o for o in load_bank(BENCHMARK / "occluders")}
+
+
+# ----- small helpers ----------------------------------------------------------------------------------------
 def query_choices(explorer: BenchmarkExplorer) -> list[tuple[str, int]]:
     """Queries labelled with person, occluder and AP; failures (lowest AP) first."""
     aps = explorer.metrics().ap.tolist()
@@ -49,41 +120,563 @@ def query_choices(explorer: BenchmarkExplorer) -> list[tuple[str, int]]:
         labels.append(
             (
                 f"AP {aps[i]:.2f} · person {record.pid} · track {record.camid} · "
-                f"{record.meta.get('occluder', '?')} {float(record.meta.get('occluded_fraction', 0)):.0%} hidden · "
-                f"{Path(record.path).name}",
+                f"{record.meta.get('occluder', '?')} {float(record.meta.get('occluded_fraction', 0)):.0%} "
+                f"hidden · {Path(record.path).name}",
                 i,
             )
         )
     return labels
 
 
-def build_demo(checkpoint: str | None = None) -> gr.Blocks:
+def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.ndarray) -> dict:
+    """Per-session view state: small arrays and numbers only (models stay in the caches)."""
+    record = explorer.split.query[query_index] if query_index is not None else None
+    return {
+        "query_index": -1 if query_index is None else int(query_index),
+        "clean": image,
+        "occluded": None,
+        "occlusion": {"method": "none"},
+        "pid": None if record is None else record.pid,
+        "camid": None if record is None else record.camid,
+        "file": Path(record.path).name if record is not None else "uploaded image",
+    }
+
+
+def model_card(checkpoint: str) -> str:
+    if checkpoint == HSV:
+        return "### HSV colour floor\nPer-stripe HSV histograms, no learning: the floor every model must beat."
+    config, meta = read_config(checkpoint)
+    import json
+
+    metrics_path = Path(checkpoint) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    lines = [
+        f"### {Path(checkpoint).name}",
+        f"- preset **{config.preset}**, open_clip `{config.model.clip_model}` "
+        f"(pretrained: {config.model.pretrained or 'none, random init'}), input {meta['image_size']}",
+        f"- trained on **{meta.get('dataset')}**: {meta.get('train_images', '?')} images, "
+        f"{meta['num_classes']} identities, {meta.get('num_cameras')} cameras (tracks)",
+        f"- stage 1 {config.train.stage1_epochs} epochs, stage 2 {config.train.epochs} epochs, "
+        f"{metrics.get('train_seconds', '?')} s of training; weights sha256 {weights_hash(checkpoint)}",
+        f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
+        f"{'on' if config.model.use_text_stage else 'off'}, patch transfer "
+        f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
+        f", class-ignoring {'on' if config.aug.class_ignoring else 'off'}",
+    ]
+    for split, results in metrics.get("final", {}).items():
+        for mode, m in results.items():
+            lines.append(
+                f"- {split}, {mode}: rank-1 {100 * m['rank1']:.1f}, mAP {100 * m['mAP']:.1f}, "
+                f"mINP {100 * m['mINP']:.1f}"
+            )
+    return "\n".join(lines)
+
+
+def _image(view: dict, which: str) -> np.ndarray:
+    if view is None or view.get("clean") is None:
+        raise gr.Error("Pick a query (or upload an image) first.")
+    image = view.get(which)
+    return view["clean"] if image is None else image
+
+
+# ----- handlers ---------------------------------------------------------------------------------------------
+def load_model(checkpoint: str):
+    try:
+        explorer = explorer_for(checkpoint)
+        card = model_card(checkpoint)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise gr.Error(f"Could not load {checkpoint}: {error}. The previous model stays active.") from error
+    choices = query_choices(explorer)
+    return checkpoint, card, gr.update(choices=choices, value=choices[0][1])
+
+
+def select_query(checkpoint: str, query_index: int):
+    if query_index is None:
+        raise gr.Error("Pick a query first.")
     explorer = explorer_for(checkpoint)
+    image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
+    view = new_view(explorer, int(query_index), image)
+    return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
 
-    def retrieve(query_index: int, top_k: int, use_mask: bool):
-        if query_index is None:
-            raise gr.Error("Pick a query first.")
-        result = explorer_for(checkpoint).retrieve(int(query_index), int(top_k), bool(use_mask))
-        strip = rank_strip(result.query_path, [(item.path, item.correct, item.score) for item in result.items])
-        rank = f"first true match at rank {result.first_true_rank}" if result.first_true_rank else "no true match"
-        summary = (
-            f"**AP {result.ap:.3f}**, {rank}. {result.hidden} same-person same-track gallery crops hidden "
-            f"(the metric ignores them too)."
+
+def upload_query(checkpoint: str, image):
+    if image is None:
+        raise gr.Error("Upload an image first.")
+    try:
+        array = np.asarray(load_image(image))
+    except ImageLoadError as error:
+        raise gr.Error(str(error)) from error
+    view = new_view(explorer_for(checkpoint), None, array)
+    return view, enlarge(array), None, "Uploaded image: identity unknown, so borders are grey and AP is not defined."
+
+
+def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
+    explorer = explorer_for(checkpoint)
+    if explorer.pipeline is None or explorer.pipeline.model.saliency_head is None:
+        raise gr.Error("Patch transfer needs a DPM++ checkpoint with a saliency head; load one in the Model tab.")
+    clean = _image(view, "clean")
+    partners = transfer_partners()
+    index = None if partner in (None, "", "auto") else partners.index(str(ASSETS.parent / partner))
+    result = explorer.pipeline.transfer(
+        clean, partners, partner_index=index, shift=None if shift is None or shift < 0 else int(shift)
+    )
+    view = {
+        **view,
+        "occluded": result.image,
+        "occlusion": {
+            "method": "transfer",
+            "partner": str(Path(partners[result.partner_index]).relative_to(ASSETS.parent)),
+            "shift": result.shift,
+        },
+    }
+    gallery = [
+        (enlarge(heat_overlay(result.anchor, result.anchor_saliency)), "query saliency"),
+        (enlarge(mask_overlay(result.anchor, result.anchor_mask)), "query person mask"),
+        (enlarge(heat_overlay(result.partner, result.partner_saliency)), "partner saliency"),
+        (enlarge(mask_overlay(result.partner, result.partner_mask)), "partner person mask"),
+        (enlarge(result.image), "transferred result"),
+    ]
+    info = (
+        f"Partner `{Path(partners[result.partner_index]).name}`, shift {result.shift} patch columns, "
+        f"occlusion-aware IoU {result.oiou:.2f}; {result.occluded_fraction:.0%} of the pixels came from the partner."
+    )
+    return view, enlarge(result.image), gallery, info
+
+
+def occlude_paste(view: dict, occluder: str, x: float, y: float, scale: float):
+    clean = _image(view, "clean")
+    bank = occluder_bank()
+    if occluder not in bank:
+        raise gr.Error(f"Unknown occluder {occluder!r}; choose one of {sorted(bank)}.")
+    params = PasteParams(occluder, float(x), float(y), float(scale))
+    result = paste(clean, bank[occluder].path, params)
+    view = {**view, "occluded": np.asarray(result.image), "occlusion": {"method": "paste", **params.to_dict()}}
+    return view, enlarge(result.image), f"{occluder} pasted: {result.occluded_fraction:.0%} of the crop covered."
+
+
+def occlude_paint(view: dict, editor: dict | None, fill: str):
+    clean = _image(view, "clean")
+    layers = (editor or {}).get("layers") or []
+    if not layers:
+        raise gr.Error("Paint over the part of the person to hide, then press Apply.")
+    alpha = np.zeros(clean.shape[:2], bool)
+    for layer in layers:
+        layer_image = load_image_rgba(layer)
+        alpha |= np.asarray(layer_image.resize((clean.shape[1], clean.shape[0]), Image.NEAREST))[..., 3] > 0
+    result = paint(clean, alpha, fill)
+    view = {
+        **view,
+        "occluded": np.asarray(result.image),
+        "occlusion": {"method": "paint", "fill": fill, "fraction": round(result.occluded_fraction, 4)},
+    }
+    return view, enlarge(result.image), f"Painted {result.occluded_fraction:.0%} of the crop ({fill})."
+
+
+def load_image_rgba(layer) -> Image.Image:
+    if isinstance(layer, Image.Image):
+        return layer.convert("RGBA")
+    if isinstance(layer, np.ndarray):
+        return Image.fromarray(layer).convert("RGBA")
+    return Image.open(layer).convert("RGBA")
+
+
+def editor_background(view: dict):
+    if view is None or view.get("clean") is None:
+        return None
+    return {"background": enlarge(view["clean"]), "layers": [], "composite": None}
+
+
+def explain(checkpoint: str, view: dict):
+    explorer = explorer_for(checkpoint)
+    if explorer.pipeline is None:
+        raise gr.Error("Grad-CAM needs a DPM++ checkpoint; load one in the Model tab.")
+    outputs = []
+    for which in ("clean", "occluded"):
+        image = view.get(which) if view else None
+        if image is None:
+            outputs.append(None)
+            continue
+        result = explorer.pipeline.explain(image, pid=view.get("pid"))
+        outputs.append(
+            (
+                enlarge(heat_overlay(result.image, result.heatmap, 0.45)),
+                f"{which}: toward person {result.pid} (similarity {result.similarity:.3f})",
+            )
         )
-        return strip, summary
+    return [o for o in outputs if o is not None]
 
+
+def mask_view(checkpoint: str, view: dict, threshold: float):
+    explorer = explorer_for(checkpoint)
+    if not explorer.has_mask:
+        raise gr.Error("This model has no mask (HSV floor or a model trained with model.use_mask=false).")
+    clean_image = _image(view, "clean")
+    images = [clean_image] + ([view["occluded"]] if view.get("occluded") is not None else [])
+    embedded = explorer.embed(images)
+    clean_mask = embedded.masks[0]
+    occluded_mask = embedded.masks[1] if len(images) > 1 else None
+    query_feat, query_mask = embedded.features[-1], embedded.masks[-1]
+    counts = f"Active dimensions (mask > {threshold:.2f}): clean {(clean_mask > threshold).sum()} of {len(clean_mask)}"
+    if occluded_mask is not None:
+        counts += (
+            f", occluded {(occluded_mask > threshold).sum()}; mean |difference| "
+            f"{np.abs(occluded_mask - clean_mask).mean():.3f}"
+        )
+    true_feat = wrong_feat = None
+    if view.get("pid") is not None:
+        ranked = explorer.rank(
+            explorer.scores(embedded, True)[-1], view["pid"], view["camid"], top_k=len(explorer.g_pids)
+        )
+        true = next((i for i in ranked.items if i.correct), None)
+        wrong = next((i for i in ranked.items if i.correct is False), None)
+        true_feat = explorer.gallery.features[true.gallery_index] if true else None
+        wrong_feat = explorer.gallery.features[wrong.gallery_index] if wrong else None
+    figure = contributions(query_feat, query_mask, true_feat, wrong_feat)
+    return mask_bars(clean_mask, occluded_mask, threshold), counts, figure
+
+
+def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
+    explorer = explorer_for(checkpoint)
+    clean = _image(view, "clean")
+    images = [clean] + ([view["occluded"]] if view.get("occluded") is not None else [])
+    scores = explorer.scores(explorer.embed(images), use_mask)
+    results = [explorer.rank(row, view.get("pid"), view.get("camid"), int(top_k)) for row in scores]
+    strips, lines = [], []
+    before = {i.gallery_index for i in results[0].items}
+    for label, image, result in zip(("as given", "with synthetic occlusion"), images, results):
+        marks = ["new" if image is not clean and i.gallery_index not in before else "" for i in result.items]
+        strips.append(rank_strip(image, [(i.path, i.correct, i.score) for i in result.items], marks=marks))
+        ap = "AP n/a (identity unknown)" if math.isnan(result.ap) else f"AP {result.ap:.3f}"
+        first = f"first true match at rank {result.first_true_rank}" if result.first_true_rank else "no true match"
+        lines.append(f"**{label}**: {ap}, {first if view.get('pid') is not None else 'identity unknown'}")
+    if len(results) == 2:
+        left = before - {i.gallery_index for i in results[1].items}
+        lines.append(f"{len(left)} items left the top-{int(top_k)} after occlusion.")
+    hidden = results[0].hidden
+    lines.append(f"{hidden} gallery crops of the same person on the same track are hidden (the metric ignores them).")
+    return strips[0], strips[1] if len(strips) > 1 else None, "  \n".join(lines)
+
+
+def umap_view(checkpoint: str, view: dict, colour_by: str):
+    points = prototype_map_for(checkpoint)
+    trail = None
+    if view and view.get("clean") is not None:
+        images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
+        trail = points.place(explorer_for(checkpoint).embed(images).features)
+    return umap_figure(points, colour_by, trail), f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
+
+
+def failures(checkpoint: str, occluder: str, min_occluded: float, only_failures: bool):
+    explorer = explorer_for(checkpoint)
+    table = query_table_for(checkpoint)
+    if occluder and occluder != "all":
+        table = table[table["occluder"] == occluder]
+    table = table[table["occluded"] >= float(min_occluded)]
+    if only_failures:
+        table = table[table["first true rank"] != 1]
+    table = table.sort_values("AP", kind="stable")
+    curves = {"mask on": explorer.metrics(True).cmc.tolist()}
+    if explorer.has_mask:
+        curves["mask off"] = explorer.metrics(False).cmc.tolist()
+    return table, cmc_figure(curves), occlusion_bins_figure(explorer.by_occlusion())
+
+
+def open_failure(checkpoint: str, table, event: gr.SelectData):
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    query_index = int(table.iloc[row]["query"])
+    return (gr.update(value=query_index), *select_query(checkpoint, query_index))
+
+
+def export_case(checkpoint: str, view: dict, top_k: float, use_mask: bool):
+    explorer = explorer_for(checkpoint)
+    image = _image(view, "occluded")
+    embedded = explorer.embed([image])
+    ranked = explorer.rank(explorer.scores(embedded, use_mask)[0], view.get("pid"), view.get("camid"), int(top_k))
+    case = Case(
+        query_index=view["query_index"],
+        query_file=view["file"],
+        dataset="pets09_occ",
+        checkpoint=Path(checkpoint).name,
+        checkpoint_hash="" if checkpoint == HSV else weights_hash(checkpoint),
+        occlusion=view["occlusion"],
+        use_mask=bool(use_mask),
+        top_k=int(top_k),
+        mask=[] if embedded.masks is None else np.round(embedded.masks[0], 5).tolist(),
+        top=[
+            {
+                "file": Path(i.path).name,
+                "person": i.pid,
+                "track": i.camid,
+                "score": round(i.score, 5),
+                "correct": i.correct,
+            }
+            for i in ranked.items
+        ],
+    )
+    path = Path(tempfile.mkdtemp(prefix="dpmpp_case_")) / f"case_{view['file'].rsplit('.', 1)[0]}.json"
+    path.write_text(case.to_json())
+    return str(path)
+
+
+def import_case(checkpoint: str, file):
+    if file is None:
+        raise gr.Error("Choose a case file (.json) exported from this app.")
+    try:
+        case = read_case(file if isinstance(file, (str, Path)) else file.name)
+    except CaseError as error:
+        raise gr.Error(str(error)) from error
+    if case.query_index < 0:
+        raise gr.Error("This case was made from an uploaded image, which the case file does not contain.")
+    notes = []
+    if case.checkpoint_hash and checkpoint != HSV and weights_hash(checkpoint) != case.checkpoint_hash:
+        notes.append(
+            f"Note: the case was made with {case.checkpoint} ({case.checkpoint_hash}); another model is "
+            "loaded, so scores differ."
+        )
+    view, shown, _, _ = select_query(checkpoint, case.query_index)
+    method = case.occlusion.get("method", "none")
+    if method == "transfer":
+        view, shown, _, _ = occlude_transfer(checkpoint, view, case.occlusion["partner"], case.occlusion["shift"])
+    elif method == "paste":
+        o = case.occlusion
+        view, shown, _ = occlude_paste(view, o["occluder"], o["x"], o["y"], o["scale"])
+    elif method == "paint":
+        notes.append("Painted regions are not stored in case files; showing the clean query.")
+    notes.insert(0, f"Loaded case: query {case.query_file}, occlusion {method}.")
+    return gr.update(value=case.query_index), view, shown, case.top_k, case.use_mask, " ".join(notes)
+
+
+def start_training(dataset: str, root: str, preset: str, epochs: float, name: str, switches: list[str]):
+    config = load_preset(preset)
+    config.data.name = dataset
+    if dataset not in ("pets09_occ", "pets09_holistic"):
+        base = SETTINGS["data_root"]
+        if base is None:
+            raise gr.Error("Start the app with --data-root DIR to train on your own datasets.")
+        folder = (Path(base) / root).resolve()
+        if not folder.is_relative_to(Path(base).resolve()):
+            raise gr.Error("The dataset folder must lie inside the data root.")
+        config.data.root = str(folder)
+    config.train.epochs = int(epochs)
+    config.model.use_mask = "dynamic mask" in switches
+    config.model.use_text_stage = "text stage" in switches
+    config.aug.patch_transfer = "patch transfer" in switches
+    config.aug.occlusion_pairing = "occlusion-aware pairing" in switches
+    config.aug.class_ignoring = "class-ignoring" in switches
+    config.loss.orth_weight = config.loss.orth_weight if "head orthogonality" in switches else 0.0
+    safe = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_") or "app_run"
+    try:
+        status = JOBS.start(config, Path(SETTINGS["checkpoint_dir"]) / safe)
+    except RuntimeError as error:
+        raise gr.Error(str(error)) from error
+    return status_text(status)
+
+
+def status_text(status) -> str:
+    if status.state == "idle":
+        return "No training job has run in this server yet."
+    eta = f", ETA {status.eta_s / 60:.1f} min" if status.state == "running" else ""
+    speed = f", {status.images_per_s:.0f} images/s" if status.images_per_s else ""
+    return f"**{status.state}** ({status.out_dir}): {status.message}{speed}{eta}"
+
+
+def training_status():
+    status = JOBS.status()
+    return status_text(status), loss_figure(status.history[-2000:]), gr.update(choices=checkpoint_choices())
+
+
+def stop_training():
+    return status_text(JOBS.stop())
+
+
+# ----- layout -----------------------------------------------------------------------------------------------
+def build_demo(checkpoint: str | None = None) -> gr.Blocks:
+    start = checkpoint or (str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV)
+    choices = query_choices(explorer_for(start))
     with gr.Blocks(title="dpmpp — occluded re-ID explorer") as demo:
-        gr.Markdown("# dpmpp — occluded person re-identification explorer")
-        gr.Markdown(f"Model: **{explorer.model_name}**. {DATA_NOTE}")
-        with gr.Row():
-            query = gr.Dropdown(query_choices(explorer), label="Query (failures first)", elem_id="query")
-            top_k = gr.Slider(1, 20, value=10, step=1, label="top-k")
-            use_mask = gr.Checkbox(value=True, label="masked metric", interactive=explorer.pipeline is not None)
-        button = gr.Button("Retrieve", variant="primary", elem_id="retrieve")
-        strip = gr.Image(label="Ranked gallery", type="pil", elem_id="strip")
-        summary = gr.Markdown(elem_id="summary")
-        gr.Markdown(HOW_TO_READ)
-        button.click(retrieve, [query, top_k, use_mask], [strip, summary], api_name="retrieve")
+        model = gr.State(start)
+        view = gr.State(None)
+        gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
+        gr.Markdown(ABOUT)
+        with gr.Tab("Model"):
+            with gr.Row():
+                checkpoint_box = gr.Dropdown(
+                    checkpoint_choices(),
+                    value=start,
+                    label="checkpoint",
+                    allow_custom_value=True,
+                    elem_id="checkpoint",
+                    scale=4,
+                )
+                load_button = gr.Button("Load", elem_id="load_model", scale=1)
+            card = gr.Markdown(model_card(start), elem_id="model_card")
+            with gr.Accordion("Train a model", open=False):
+                with gr.Row():
+                    dataset = gr.Dropdown(
+                        ["pets09_occ"] + [n for n in dataset_names() if not n.startswith("pets09")],
+                        value="pets09_occ",
+                        label="dataset",
+                    )
+                    root = gr.Textbox(label="folder under --data-root (own datasets)", value="")
+                    preset = gr.Dropdown(preset_names(), value="tiny", label="preset")
+                    epochs = gr.Number(value=30, precision=0, label="epochs (stage 2)")
+                    name = gr.Textbox(value="my_run", label="checkpoint name")
+                switches = gr.CheckboxGroup(
+                    [
+                        "dynamic mask",
+                        "text stage",
+                        "patch transfer",
+                        "occlusion-aware pairing",
+                        "class-ignoring",
+                        "head orthogonality",
+                    ],
+                    value=[
+                        "dynamic mask",
+                        "text stage",
+                        "patch transfer",
+                        "occlusion-aware pairing",
+                        "class-ignoring",
+                        "head orthogonality",
+                    ],
+                    label="components",
+                )
+                with gr.Row():
+                    train_button = gr.Button("Start training", variant="primary", elem_id="train")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                job_status = gr.Markdown(status_text(JOBS.status()), elem_id="job_status")
+                loss_plot = gr.Plot(label="losses and accuracy")
+        with gr.Tab("Query & occlude"):
+            gr.Markdown(EXPLAIN_OCCLUDE)
+            with gr.Row():
+                query = gr.Dropdown(
+                    choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
+                )
+                upload = gr.Image(type="pil", label="or upload a person crop", height=160, scale=1)
+            with gr.Row():
+                clean_image = gr.Image(label="query", height=280, interactive=False, elem_id="clean_image")
+                occluded_image = gr.Image(
+                    label="occluded query", height=280, interactive=False, elem_id="occluded_image"
+                )
+            info = gr.Markdown(elem_id="occlusion_info")
+            with gr.Tab("Patch transfer"):
+                with gr.Row():
+                    partner = gr.Dropdown(
+                        ["auto"] + [str(Path(p).relative_to(ASSETS.parent)) for p in transfer_partners()],
+                        value="auto",
+                        label="partner (auto: best occlusion-aware IoU)",
+                    )
+                    shift = gr.Number(value=-1, precision=0, label="shift in patch columns (-1: best)")
+                transfer_button = gr.Button("Transfer", elem_id="occlude_transfer")
+                transfer_steps = gr.Gallery(label="saliency and person masks", columns=5, height=300)
+            with gr.Tab("Paste an occluder"):
+                with gr.Row():
+                    occluder = gr.Dropdown(sorted(occluder_bank()), value="sign", label="occluder (real crops)")
+                    x = gr.Slider(0, 1, value=0.5, step=0.01, label="x (centre)")
+                    y = gr.Slider(0, 1, value=0.5, step=0.01, label="y (centre)")
+                    scale = gr.Slider(0.05, 1.5, value=0.3, step=0.01, label="scale (height / crop height)")
+                paste_button = gr.Button("Paste", elem_id="occlude_paste")
+            with gr.Tab("Paint"):
+                editor = gr.ImageEditor(type="pil", label="paint the region to hide", height=300)
+                with gr.Row():
+                    fill = gr.Radio(["grey", "black", "blur", "noise"], value="grey", label="fill")
+                    paint_button = gr.Button("Apply", elem_id="occlude_paint")
+            with gr.Accordion("Grad-CAM toward the matched prototype", open=False):
+                explain_button = gr.Button("Explain", elem_id="explain")
+                cams = gr.Gallery(columns=2, height=300, label="Grad-CAM")
+        with gr.Tab("Mask"):
+            gr.Markdown(EXPLAIN_MASK)
+            threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold for 'active'")
+            mask_button = gr.Button("Show mask", elem_id="mask")
+            mask_plot = gr.Plot(label="mask over prototype dimensions")
+            mask_counts = gr.Markdown(elem_id="mask_counts")
+            contribution_plot = gr.Plot(label="per-dimension contributions: first true match vs top wrong match")
+        with gr.Tab("Retrieval"):
+            gr.Markdown(EXPLAIN_RETRIEVAL)
+            with gr.Row():
+                top_k = gr.Slider(1, 20, value=10, step=1, label="top-k")
+                use_mask = gr.Checkbox(value=True, label="masked metric (off: plain cosine)")
+                retrieve_button = gr.Button("Retrieve", variant="primary", elem_id="retrieve")
+            clean_strip = gr.Image(label="query as given", type="pil", elem_id="clean_strip")
+            occluded_strip = gr.Image(label="query with your synthetic occlusion", type="pil", elem_id="occluded_strip")
+            summary = gr.Markdown(elem_id="summary")
+        with gr.Tab("Prototype space"):
+            colour_by = gr.Radio(["identity", "correctness", "occlusion"], value="identity", label="colour by")
+            umap_button = gr.Button("Draw map", elem_id="umap")
+            umap_plot = gr.Plot(label="prototype space")
+            umap_note = gr.Markdown(elem_id="umap_note")
+        with gr.Tab("Failures"):
+            gr.Markdown(EXPLAIN_METRIC)
+            with gr.Row():
+                occluder_filter = gr.Dropdown(
+                    ["all", "person", "pole", "sign", "border"], value="all", label="occluder"
+                )
+                min_occluded = gr.Slider(0, 1, value=0, step=0.05, label="min occluded fraction")
+                only_failures = gr.Checkbox(value=False, label="only rank-1 failures")
+                failures_button = gr.Button("Refresh", elem_id="failures")
+            table = gr.Dataframe(interactive=False, elem_id="failure_table", max_height=360)
+            with gr.Row():
+                cmc_plot = gr.Plot(label="CMC")
+                bins_plot = gr.Plot(label="rank-1 by occlusion")
+            with gr.Row():
+                export_button = gr.Button("Export this case", elem_id="export_case")
+                case_file = gr.File(label="case file (JSON)", file_types=[".json"], elem_id="case_file")
+                import_button = gr.Button("Import case", elem_id="import_case")
+            case_note = gr.Markdown(elem_id="case_note")
+
+        retrieval = dict(
+            fn=retrieve, inputs=[model, view, top_k, use_mask], outputs=[clean_strip, occluded_strip, summary]
+        )
+        hidden = {"api_visibility": "undocumented"}  # follow-up steps of a named event, not API endpoints of their own
+        refresh_views = {**retrieval, **hidden}
+        retrieve_button.click(api_name="retrieve", **retrieval)  # first, so that it owns the name /retrieve
+        load_button.click(load_model, checkpoint_box, [model, card, query], api_name="load_model")
+        query.input(
+            select_query, [model, query], [view, clean_image, occluded_image, info], api_name="select_query"
+        ).then(**refresh_views).then(editor_background, view, editor, **hidden)
+        upload.upload(
+            upload_query, [model, upload], [view, clean_image, occluded_image, info], api_name="upload_query"
+        ).then(**refresh_views).then(editor_background, view, editor, **hidden)
+        transfer_button.click(
+            occlude_transfer,
+            [model, view, partner, shift],
+            [view, occluded_image, transfer_steps, info],
+            api_name="occlude_transfer",
+        ).then(**refresh_views)
+        paste_button.click(
+            occlude_paste, [view, occluder, x, y, scale], [view, occluded_image, info], api_name="occlude_paste"
+        ).then(**refresh_views)
+        paint_button.click(
+            occlude_paint, [view, editor, fill], [view, occluded_image, info], api_name="occlude_paint"
+        ).then(**refresh_views)
+        explain_button.click(explain, [model, view], cams, api_name="explain")
+        mask_button.click(
+            mask_view, [model, view, threshold], [mask_plot, mask_counts, contribution_plot], api_name="mask"
+        )
+        threshold.release(mask_view, [model, view, threshold], [mask_plot, mask_counts, contribution_plot], **hidden)
+        use_mask.change(**refresh_views)
+        umap_button.click(umap_view, [model, view, colour_by], [umap_plot, umap_note], api_name="umap")
+        failures_button.click(
+            failures,
+            [model, occluder_filter, min_occluded, only_failures],
+            [table, cmc_plot, bins_plot],
+            api_name="failures",
+        )
+        table.select(open_failure, [model, table], [query, view, clean_image, occluded_image, info], **hidden)
+        export_button.click(export_case, [model, view, top_k, use_mask], case_file, api_name="export_case")
+        import_button.click(
+            import_case,
+            [model, case_file],
+            [query, view, occluded_image, top_k, use_mask, case_note],
+            api_name="import_case",
+        ).then(**refresh_views)
+        train_button.click(
+            start_training, [dataset, root, preset, epochs, name, switches], job_status, api_name="train"
+        )
+        stop_button.click(stop_training, None, job_status, api_name="stop_training")
+        gr.Timer(2.0).tick(training_status, None, [job_status, loss_plot, checkpoint_box], api_name="train_status")
+        demo.load(select_query, [model, query], [view, clean_image, occluded_image, info], **hidden).then(
+            **refresh_views
+        )
     return demo
 
 
@@ -91,19 +684,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model if present)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder to load first (default: bundled)")
+    parser.add_argument("--checkpoint-dir", default=str(CHECKPOINTS), help="folder of checkpoints to offer")
+    parser.add_argument("--data-root", default=None, help="folder holding your own datasets (for training)")
+    parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
     return parser.parse_args(argv)
 
 
-def default_checkpoint() -> str | None:
-    return str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else None
-
-
-demo = None
-if __name__ == "__main__":
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    demo = build_demo(args.checkpoint or default_checkpoint())
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=False, allowed_paths=[str(ASSETS)], max_file_size="20mb"
+    SETTINGS["checkpoint_dir"] = Path(args.checkpoint_dir)
+    SETTINGS["data_root"] = args.data_root
+    demo = build_demo(args.checkpoint)
+    start = args.checkpoint or (
+        str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV
     )
+    # The first UMAP fit (numba compilation included) takes ~20 s on 2 cores: do it while the user looks around.
+    threading.Thread(target=prototype_map_for, args=(start,), daemon=True).start()
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        allowed_paths=[str(ASSETS)],
+        max_file_size="20mb",
+        show_error=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
