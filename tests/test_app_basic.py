@@ -49,5 +49,7 @@ def test_retrieve_handler_renders_a_strip():
 
     strip = np.asarray(rank_strip(result.query_path, [(i.path, i.correct, i.score) for i in result.items]))
     assert strip.shape[1] > 10 * 64
-    first_tile_border = tuple(strip[16 + 2, 72 + 10 + 2])  # top border of rank 1 (16 px header; query tile 72 px + 10 px gap)
+    first_tile_border = tuple(
+        strip[16 + 2, 72 + 10 + 2]
+    )  # top border of rank 1 (16 px header; query tile 72 px + 10 px gap)
     assert first_tile_border == (GREEN if result.items[0].correct else RED)

@@ -1,0 +1,248 @@
+"""The app in three tiers: handlers called directly, gradio_client against a launched server, a real browser."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import app
+from dpmpp.paths import DEFAULT_CHECKPOINT
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = str(DEFAULT_CHECKPOINT)
+
+
+# ----- tier 1: handlers ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def view():
+    choices = app.query_choices(app.explorer_for(CHECKPOINT))
+    return app.select_query(CHECKPOINT, choices[0][1])[0]
+
+
+def test_queries_are_listed_failures_first():
+    explorer = app.explorer_for(CHECKPOINT)
+    choices = app.query_choices(explorer)
+    aps = [explorer.metrics().ap[index] for _, index in choices]
+    assert len(choices) == len(explorer.split.query) and aps == sorted(aps)
+
+
+def test_paste_then_retrieve_marks_the_change(view):
+    occluded_view, shown, info = app.occlude_paste(view, "sign", 0.5, 0.45, 0.4)
+    assert "sign pasted" in info and occluded_view["occluded"].shape == view["clean"].shape
+    assert (occluded_view["occluded"] != view["clean"]).any()
+    clean_strip, occluded_strip, summary = app.retrieve(CHECKPOINT, occluded_view, 10, True)
+    assert clean_strip is not None and occluded_strip is not None
+    assert summary.count("AP ") == 2 and "hidden" in summary
+    explorer = app.explorer_for(CHECKPOINT)
+    expected = explorer.metrics().ap[view["query_index"]]
+    assert f"AP {expected:.3f}" in summary.splitlines()[0]  # the as-given query's AP is the metric's
+
+
+def test_mask_view_counts_active_dimensions(view):
+    occluded_view = app.occlude_paste(view, "pole", 0.5, 0.5, 1.0)[0]
+    bars, counts, contribution = app.mask_view(CHECKPOINT, occluded_view, 0.5)
+    assert len(bars.data) == 3 and len(bars.data[0].y) == 256
+    embedded = app.explorer_for(CHECKPOINT).embed([view["clean"]])
+    assert f"clean {(embedded.masks[0] > 0.5).sum()} of 256" in counts
+    assert len(contribution.data) == 2  # first true match and top wrong match
+
+
+def test_failures_filter_and_bins():
+    table, cmc, bins = app.failures(CHECKPOINT, "sign", 0.3, True)
+    assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()
+    assert (table["first true rank"] != 1).all() and list(table["AP"]) == sorted(table["AP"])
+    assert {trace.name for trace in cmc.data} == {"mask on", "mask off"}
+    assert len(bins.data) == 2
+
+
+def test_case_export_and_import_restore_the_view(view, tmp_path):
+    occluded_view = app.occlude_paste(view, "person_P02", 0.3, 0.6, 0.8)[0]
+    path = app.export_case(CHECKPOINT, occluded_view, 10, True)
+    case = json.loads(Path(path).read_text())
+    assert case["occlusion"]["occluder"] == "person_P02" and len(case["mask"]) == 256 and len(case["top"]) == 10
+    restored = app.import_case(CHECKPOINT, path)
+    restored_view = restored[1]
+    np.testing.assert_array_equal(restored_view["occluded"], occluded_view["occluded"])
+    again = json.loads(Path(app.export_case(CHECKPOINT, restored_view, 10, True)).read_text())
+    assert again["top"] == case["top"] and again["mask"] == case["mask"]
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(app.gr.Error, match="not a dpmpp case"):
+        app.import_case(CHECKPOINT, str(tmp_path / "bad.json"))
+
+
+def test_training_refuses_a_path_outside_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setitem(app.SETTINGS, "data_root", str(tmp_path))
+    with pytest.raises(app.gr.Error, match="inside the data root"):
+        app.start_training("manifest", "../../etc", "tiny", 1, "x", [])
+
+
+# ----- tier 2: gradio_client against a launched app -------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
+    shutil.copytree(DEFAULT_CHECKPOINT, checkpoints / DEFAULT_CHECKPOINT.name)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--port",
+            str(port),
+            "--checkpoint-dir",
+            str(checkpoints),
+            "--checkpoint",
+            str(checkpoints / DEFAULT_CHECKPOINT.name),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "0"},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    from urllib.request import urlopen
+
+    for _ in range(180):
+        try:
+            urlopen(url, timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(process.stderr.read().decode()[-3000:]) from None
+            time.sleep(1)
+    yield url, checkpoints
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_client_drives_every_view(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {
+        "/load_model",
+        "/train",
+        "/occlude_transfer",
+        "/occlude_paste",
+        "/occlude_paint",
+        "/mask",
+        "/retrieve",
+        "/umap",
+        "/failures",
+        "/export_case",
+        "/import_case",
+    } <= names
+    card, _ = client.predict(str(server[1] / DEFAULT_CHECKPOINT.name), api_name="/load_model")  # State is not returned
+    assert "pets09_occ" in card and "rank-1" in card
+    client.predict(3, api_name="/select_query")
+    occluded, gallery, info = client.predict("auto", -1, api_name="/occlude_transfer")
+    assert "occlusion-aware IoU" in info and len(gallery) == 5 and Path(occluded).is_file()
+    _, occluded_strip, summary = client.predict(10, True, api_name="/retrieve")
+    assert occluded_strip is not None and "with synthetic occlusion" in summary
+    _, info = client.predict("sign", 0.5, 0.4, 0.3, api_name="/occlude_paste")
+    assert "sign pasted" in info
+    base = np.zeros((80, 30, 4), np.uint8)
+    base[:40, :, 3] = 255
+    from PIL import Image
+
+    layer = tmp_path / "layer.png"  # the upper half painted
+    Image.fromarray(base).save(layer)
+    editor = {"background": None, "layers": [handle_file(str(layer))], "composite": None}
+    _, info = client.predict(editor, "black", api_name="/occlude_paint")
+    painted = int(info.split("Painted ")[1].split("%")[0])
+    assert abs(painted - 50) <= 3  # the 80-row layer is resized to the crop's height (nearest neighbour)
+    figure, counts, _ = client.predict(0.5, api_name="/mask")
+    assert "Active dimensions" in counts and json.loads(figure["plot"])["data"]
+    table, _, _ = client.predict("all", 0, False, api_name="/failures")
+    assert len(table["data"]) == 213
+    figure, note = client.predict("correctness", api_name="/umap")
+    assert "UMAP" in note and len(json.loads(figure["plot"])["data"]) == 4  # gallery, query, prototypes, trail
+    case_path = client.predict(10, True, api_name="/export_case")
+    assert json.loads(Path(case_path).read_text())["occlusion"]["method"] == "paint"
+
+
+def test_client_trains_with_progress_and_lists_the_result(server):
+    from gradio_client import Client
+
+    url, checkpoints = server
+    client = Client(url, verbose=False)
+    status = client.predict(
+        "pets09_occ", "", "tiny", 1, "from_client", ["dynamic mask", "text stage"], api_name="/train"
+    )
+    assert "running" in status
+    with pytest.raises(Exception, match="already running"):
+        client.predict("pets09_occ", "", "tiny", 1, "second", [], api_name="/train")
+    seen_progress = False
+    for _ in range(600):
+        text, plot, _ = client.predict(api_name="/train_status")
+        seen_progress |= "stage" in text and "images/s" in text
+        if "finished" in text or "failed" in text:
+            break
+        time.sleep(1)
+    assert "finished" in text, text
+    assert seen_progress and json.loads(plot["plot"])["data"]
+    assert (checkpoints / "from_client" / "model.safetensors").is_file()
+
+
+# ----- tier 3: a real browser ------------------------------------------------------------------------------------
+def test_browser_clicks_through_every_view(server, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it with apt)")
+    url, _ = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url, wait_until="domcontentloaded")
+        page.wait_for_selector("#model_card", timeout=60000)
+        assert "pets09_occ" in page.inner_text("#model_card")
+        page.get_by_role("tab", name="Query & occlude").click()
+        page.wait_for_selector("#clean_image img", timeout=30000)
+        page.get_by_role("tab", name="Paste an occluder").click()
+        page.locator("#occlude_paste").click()
+        page.wait_for_selector("#occluded_image img", timeout=30000)
+        page.wait_for_function("document.querySelector('#occlusion_info').innerText.includes('pasted')")
+        page.screenshot(path=str(tmp_path / "occlude.png"), full_page=True)
+        page.get_by_role("tab", name="Mask").click()
+        page.locator("#mask").click()
+        page.wait_for_function(
+            "document.querySelector('#mask_counts').innerText.includes('Active dimensions')", timeout=30000
+        )
+        page.wait_for_selector(".js-plotly-plot", timeout=30000)  # the mask bars, drawn by plotly.js
+        page.get_by_role("tab", name="Retrieval").click()
+        page.wait_for_selector("#occluded_strip img", timeout=30000)
+        assert "AP" in page.inner_text("#summary")
+        page.screenshot(path=str(tmp_path / "retrieval.png"), full_page=True)
+        page.get_by_role("tab", name="Prototype space").click()
+        page.locator("#umap").click()
+        page.wait_for_function("document.querySelector('#umap_note').innerText.includes('UMAP')", timeout=120000)
+        page.get_by_role("tab", name="Failures").click()
+        page.locator("#failures").click()
+        page.wait_for_function("document.querySelectorAll('#failure_table [role=row]').length > 5", timeout=30000)
+        page.screenshot(path=str(tmp_path / "failures.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "retrieval.png").stat().st_size > 20000
