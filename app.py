@@ -104,9 +104,24 @@ def transfer_partners() -> list[str]:
     return [r.path for r in occluded]
 
 
+@lru_cache(maxsize=4)
+def partner_saliency_for(checkpoint: str) -> np.ndarray:
+    """Saliency of the fixed partner pool, computed once per model."""
+    return explorer_for(checkpoint).pipeline.saliency(transfer_partners())
+
+
 @lru_cache(maxsize=1)
 def occluder_bank() -> dict:
     return {o.name: o for o in load_bank(BENCHMARK / "occluders")}
+
+
+def warm_up(checkpoint: str) -> None:
+    """Fill the slow caches while the first user looks around: the UMAP fit and its numba compilation (~20 s on
+    2 cores), placing points in it, and the saliency of the patch-transfer partner pool."""
+    points = prototype_map_for(checkpoint)
+    points.place(explorer_for(checkpoint).query.features[:2])
+    if checkpoint != HSV and explorer_for(checkpoint).pipeline.model.saliency_head is not None:
+        partner_saliency_for(checkpoint)
 
 
 # ----- small helpers ----------------------------------------------------------------------------------------
@@ -218,7 +233,11 @@ def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
     partners = transfer_partners()
     index = None if partner in (None, "", "auto") else partners.index(str(ASSETS.parent / partner))
     result = explorer.pipeline.transfer(
-        clean, partners, partner_index=index, shift=None if shift is None or shift < 0 else int(shift)
+        clean,
+        partners,
+        partner_index=index,
+        shift=None if shift is None or shift < 0 else int(shift),
+        candidate_saliency=partner_saliency_for(checkpoint),
     )
     view = {
         **view,
@@ -363,7 +382,16 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
     if view and view.get("clean") is not None:
         images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
         trail = points.place(explorer_for(checkpoint).embed(images).features)
-    return umap_figure(points, colour_by, trail), f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
+    note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
+    gap = explorer_for(checkpoint).prototype_gap()
+    if gap is not None:
+        note += (
+            f" The prototypes (stars) sit apart from the image features: a gallery feature's mean cosine to its "
+            f"own prototype is {gap['own']:.2f}, to the other prototypes {gap['others']:.2f}, while two "
+            f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. Matching needs only the angles "
+            "between features and prototypes, so the map keeps the prototypes in their own corner."
+        )
+    return umap_figure(points, colour_by, trail), note
 
 
 def failures(checkpoint: str, occluder: str, min_occluded: float, only_failures: bool):
@@ -567,7 +595,9 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     )
                     shift = gr.Number(value=-1, precision=0, label="shift in patch columns (-1: best)")
                 transfer_button = gr.Button("Transfer", elem_id="occlude_transfer")
-                transfer_steps = gr.Gallery(label="saliency and person masks", columns=5, height=300)
+                transfer_steps = gr.Gallery(
+                    label="saliency and person masks", columns=5, height=300, object_fit="contain"
+                )
             with gr.Tab("Paste an occluder"):
                 with gr.Row():
                     occluder = gr.Dropdown(sorted(occluder_bank()), value="sign", label="occluder (real crops)")
@@ -582,7 +612,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     paint_button = gr.Button("Apply", elem_id="occlude_paint")
             with gr.Accordion("Grad-CAM toward the matched prototype", open=False):
                 explain_button = gr.Button("Explain", elem_id="explain")
-                cams = gr.Gallery(columns=2, height=300, label="Grad-CAM")
+                cams = gr.Gallery(columns=2, height=300, label="Grad-CAM", object_fit="contain")
         with gr.Tab("Mask"):
             gr.Markdown(EXPLAIN_MASK)
             threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold for 'active'")
@@ -700,8 +730,7 @@ def main(argv=None) -> None:
     start = args.checkpoint or (
         str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV
     )
-    # The first UMAP fit (numba compilation included) takes ~20 s on 2 cores: do it while the user looks around.
-    threading.Thread(target=prototype_map_for, args=(start,), daemon=True).start()
+    threading.Thread(target=warm_up, args=(start,), daemon=True).start()
     demo.queue(default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,

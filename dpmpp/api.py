@@ -115,38 +115,42 @@ class Pipeline:
         partner_index: int | None = None,
         shift: int | None = None,
         threshold: float | None = None,
+        candidate_saliency: np.ndarray | None = None,
     ) -> TransferView:
         """Occlude `anchor` with a partner's real occlusion pattern (SPT, METHOD.md §4).
 
         The partner is `candidates[partner_index]`, or, when None, the candidate and shift with the highest
         occlusion-aware IoU (deterministic: the best pair rather than a draw from the top 10 %).
+        `candidate_saliency` [M, h, w] (from `saliency(candidates)`) spares recomputing a fixed pool.
         """
         if len(candidates) == 0:
             raise ValueError("transfer() needs at least one partner candidate")
-        threshold = self.config.aug.saliency_threshold if threshold is None else threshold
-        images = self.preprocess([anchor, *candidates])
-        with torch.no_grad():
-            saliency = self.model.saliency(images.to(self.device)).float().cpu()
-        masks = saliency > threshold
-        scores = occlusion_iou(masks)[0, :, 1:]  # [shifts, candidates] for the anchor
         if partner_index is not None and not 0 <= partner_index < len(candidates):
             raise IndexError(f"partner_index {partner_index} outside 0..{len(candidates) - 1}")
+        threshold = self.config.aug.saliency_threshold if threshold is None else threshold
+        if candidate_saliency is None:
+            candidate_saliency = self.saliency(candidates)
+        anchor_image = self.preprocess([anchor])
+        with torch.no_grad():
+            anchor_saliency = self.model.saliency(anchor_image.to(self.device)).float().cpu()
+        saliency = torch.cat([anchor_saliency, torch.as_tensor(candidate_saliency, dtype=torch.float32)])
+        masks = saliency > threshold
+        scores = occlusion_iou(masks)[0, :, 1:]  # [shifts, candidates] for the anchor
         allowed = scores.clone()
         if partner_index is not None:
             allowed[:, [i for i in range(len(candidates)) if i != partner_index]] = -1
         if shift is not None:
             allowed[[r for r in range(scores.shape[0]) if r != shift % scores.shape[0]], :] = -1
-        best = int(allowed.flatten().argmax())
-        chosen_shift, chosen = divmod(best, scores.shape[1])
-        pair = images[[0, chosen + 1]]  # [anchor, partner]
+        chosen_shift, chosen = divmod(int(allowed.flatten().argmax()), scores.shape[1])
+        pair = torch.cat([anchor_image, self.preprocess([candidates[chosen]])])  # [anchor, partner]
         partner, mixed = torch.tensor([1, -1]), torch.tensor([True, False])
         patch = tuple(self.model.encoder.visual.patch_size)
-        region = pixel_region(masks[[0, chosen + 1]], partner, mixed, images.shape[-2:], patch)
+        region = pixel_region(masks[[0, chosen + 1]], partner, mixed, pair.shape[-2:], patch)
         mixed_images = compose(pair, partner, torch.tensor([chosen_shift, 0]), region, patch)
         return TransferView(
             image=_to_uint8(mixed_images[0]),
-            anchor=_to_uint8(images[0]),
-            partner=_to_uint8(images[chosen + 1]),
+            anchor=_to_uint8(pair[0]),
+            partner=_to_uint8(pair[1]),
             anchor_saliency=saliency[0].numpy(),
             partner_saliency=saliency[chosen + 1].numpy(),
             anchor_mask=masks[0].numpy(),

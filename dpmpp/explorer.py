@@ -122,6 +122,24 @@ class BenchmarkExplorer:
         result.query_path, result.query_index = query.path, query_index
         return result
 
+    def prototype_gap(self) -> dict[str, float] | None:
+        """Mean cosine of gallery features to their own prototype, to the others, and between prototypes."""
+        if self.pipeline is None or self.pipeline.model.prototypes is None:
+            return None
+        prototypes = self.pipeline.model.prototypes.detach().float().cpu().numpy()
+        prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+        pids = list(self.pipeline.meta.get("pids", []))
+        known = np.array([pid in pids for pid in self.g_pids])
+        labels = np.array([pids.index(pid) for pid in self.g_pids[known]])
+        cos = self.gallery.features[known] @ prototypes.T
+        own = cos[np.arange(len(labels)), labels]
+        between = prototypes @ prototypes.T
+        return {
+            "own": float(own.mean()),
+            "others": float((cos.sum(1) - own).mean() / max(len(prototypes) - 1, 1)),
+            "between_prototypes": float(between[~np.eye(len(prototypes), dtype=bool)].mean()),
+        }
+
     def clean_counterpart(self, query_index: int) -> int | None:
         """The holistic gallery crop of the same track nearest in time: the query without its occluder."""
         query = self.split.query[query_index]

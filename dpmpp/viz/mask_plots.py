@@ -40,7 +40,7 @@ def mask_bars(clean: np.ndarray, occluded: np.ndarray | None, threshold: float) 
     figure.update_layout(
         barmode="overlay",
         height=320,
-        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        margin={"l": 40, "r": 10, "t": 50, "b": 40},
         xaxis_title="prototype dimensions, sorted by the clean mask",
         yaxis_title="mask value",
         legend={"orientation": "h", "y": 1.12},
@@ -72,7 +72,7 @@ def contributions(
     figure.update_layout(
         barmode="group",
         height=300,
-        margin={"l": 40, "r": 10, "t": 30, "b": 40},
+        margin={"l": 40, "r": 10, "t": 50, "b": 40},
         xaxis_title=f"the {len(dims)} dimensions where the two differ most",
         yaxis_title="contribution to the score",
         legend={"orientation": "h", "y": 1.15},

@@ -33,7 +33,9 @@ def umap_figure(points, colour_by: str = "identity", trail: np.ndarray | None = 
         figure.add_scatter(
             x=points.coords[rows, 0],
             y=points.coords[rows, 1],
-            mode="markers",
+            mode="markers+text" if kind == "prototype" else "markers",
+            texttemplate=[f"P{points.pid[r]:02d}" for r in rows] if kind == "prototype" else None,
+            textposition="top center",
             name=kind,
             marker={
                 "symbol": SYMBOLS[kind],
