@@ -140,6 +140,18 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from dpmpp.atomic import write_json
+    from dpmpp.bench.speed import format_tables, run
+    from dpmpp.engine.distributed import pick_device
+
+    results = run(args.quick, pick_device(args.device))
+    if args.out:
+        write_json(args.out, results)
+    print(json.dumps(results) if args.json else format_tables(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpmpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -187,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="output .npz")
     embed.add_argument("--device", default=None)
     embed.set_defaults(func=cmd_embed)
+
+    bench = commands.add_parser("bench", help="benchmarks that print tables")
+    bench.add_argument("what", choices=["speed"], help="which benchmark")
+    bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--out", default=None, help="also write the results to this JSON file")
+    bench.add_argument("--device", default=None)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
