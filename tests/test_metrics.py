@@ -131,3 +131,16 @@ def test_symmetric_masked_cosine_matches_loop():
             a, b = query[i] / np.linalg.norm(query[i]) * m, gallery[j] / np.linalg.norm(gallery[j]) * m
             expected[i, j] = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
     np.testing.assert_allclose(masked_cosine_symmetric(query, mq, gallery, mg), expected, atol=1e-5)
+
+
+def test_prepared_masked_gallery_matches_masked_cosine():
+    from dpmpp.eval.distance import MaskedGallery
+
+    rng = np.random.default_rng(5)
+    query, gallery, masks = rng.normal(size=(7, 16)), rng.normal(size=(40, 16)), rng.random((7, 16))
+    expected = masked_cosine_loop(query, masks, gallery)
+    prepared = MaskedGallery(gallery)
+    got = prepared.scores(torch.from_numpy(query), torch.from_numpy(masks)).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    half = MaskedGallery(gallery, dtype=torch.float16).scores(torch.from_numpy(query), torch.from_numpy(masks))
+    np.testing.assert_allclose(half.numpy(), expected, atol=2e-2)
