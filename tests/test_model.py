@@ -125,3 +125,22 @@ def test_stage1_trains_only_prompts_and_lowers_its_loss(built):
     assert text.prompts.ctx.grad is not None
     frozen = [n for n, p in text.named_parameters() if n != "prompts.ctx" and p.grad is not None]
     assert not frozen and not any(p.grad is not None for p in model.encoder.parameters() if not p.requires_grad)
+
+
+def test_bf16_autocast_forward_and_losses(built):
+    """The CUDA path runs the forward pass in bf16 autocast; the same on the CPU catches dtype mismatches."""
+    config, model, _ = built
+    from dpmpp.losses import loss_weights, stage2_losses
+
+    model.train()
+    config.loss.i2t_scale = 30.0  # the scaled-cosine branch mixes the bf16 output with float text prototypes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(4, 3, *SIZE), torch.tensor([0, 1, 0, 2]))
+    assert out.proj.dtype == torch.bfloat16
+    losses = stage2_losses(
+        out, torch.tensor([0, 0, 1, 1]), config.loss, prototypes=model.prototypes, text_prototypes=model.text_prototypes
+    )
+    weights = loss_weights(config.loss)
+    total = sum(weights[k] * v for k, v in losses.items())
+    assert torch.isfinite(total) and all(v.dtype == torch.float32 for v in losses.values())
+    total.backward()

@@ -134,3 +134,9 @@ def _fast_manifest_config(root):
     config = apply_overrides(load_preset("tiny"), FAST + ["data.num_workers=0", "train.epochs=1"])
     config.data.name, config.data.root = "manifest", str(root)
     return config
+
+
+def test_camera_embedding_is_refused_where_camera_ids_are_tracks(tmp_path):
+    config = apply_overrides(load_preset("tiny"), ["model.camera_embedding=true"])
+    with pytest.raises(ValueError, match="leak|hand the model the identity"):
+        train(config, tmp_path / "sie")

@@ -27,6 +27,7 @@ class Split:
     query: list[ReIDRecord]
     gallery: list[ReIDRecord]
     name: str = ""
+    camid_is_track: bool = False  # camera ids name tracks (one person each): a camera embedding would leak identity
 
     @property
     def num_train_pids(self) -> int:

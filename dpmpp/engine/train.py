@@ -66,6 +66,11 @@ class Trainer:
         self.split = load_split(config.data.name, data_root(config))
         if not self.split.train:
             raise ValueError(f"{config.data.name} has no training images")
+        if self.split.camid_is_track and config.model.camera_embedding:
+            raise ValueError(
+                f"{config.data.name}: camera ids are track ids here, and every track is one person, so a camera "
+                "embedding (SIE) would hand the model the identity. Set model.camera_embedding=false."
+            )
         self.pid_map = self.split.train_pid_map()
         image_size = (config.data.height, config.data.width)
         self.model, self.text = build_model(

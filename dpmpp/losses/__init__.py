@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from dpmpp.config import LossCfg
@@ -32,6 +34,15 @@ def stage2_losses(
     holistic_positives: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring."""
+    # Losses are computed in float32 whatever precision the forward pass ran in (bf16 autocast on CUDA).
+    out = dataclasses.replace(
+        out,
+        **{
+            f.name: getattr(out, f.name).float()
+            for f in dataclasses.fields(out)
+            if isinstance(getattr(out, f.name), torch.Tensor)
+        },
+    )
     ignore = partner_pid if partner_pid is not None and bool((partner_pid >= 0).any()) else None
     losses: dict[str, torch.Tensor] = {}
     if out.logits is not None:
@@ -46,7 +57,7 @@ def stage2_losses(
             text_logits = (
                 cfg.i2t_scale
                 * torch.nn.functional.normalize(out.proj, dim=1)
-                @ torch.nn.functional.normalize(text_prototypes, dim=1).T
+                @ torch.nn.functional.normalize(text_prototypes.float(), dim=1).T
             )
         losses["i2t"] = smoothed_cross_entropy(text_logits, labels, cfg.label_smoothing, ignore)
     positives, negatives = pair_masks(labels, mixed, partner_pid, holistic_positives)

@@ -44,6 +44,7 @@ class PromptLearner(nn.Module):
         positions = (tokens[0] == x_id).nonzero().flatten()
         if len(positions) != n_ctx or (positions.diff() != 1).any():
             raise ValueError(f"the X tokens of {template!r} must be consecutive single tokens")
+        tokens = tokens.to(clip.token_embedding.weight.device)
         with torch.no_grad():
             embedding = clip.token_embedding(tokens)  # [1, L, W]
         start = int(positions[0])

@@ -52,10 +52,10 @@ def _read(root: Path, name: str) -> dict[str, list[ReIDRecord]]:
 @register("pets09_occ")
 def load_pets09_occ(root: Path) -> Split:
     roles = _read(root, "pets09_occ")
-    return Split(roles["train"], roles["query"], roles["gallery"], name="pets09_occ")
+    return Split(roles["train"], roles["query"], roles["gallery"], name="pets09_occ", camid_is_track=True)
 
 
 @register("pets09_holistic")
 def load_pets09_holistic(root: Path) -> Split:
     roles = _read(root, "pets09_holistic")
-    return Split(roles["train"], roles["gallery"], roles["gallery"], name="pets09_holistic")
+    return Split(roles["train"], roles["gallery"], roles["gallery"], name="pets09_holistic", camid_is_track=True)
