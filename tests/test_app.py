@@ -246,3 +246,23 @@ def test_browser_clicks_through_every_view(server, tmp_path):
         page.screenshot(path=str(tmp_path / "failures.png"), full_page=True)
         browser.close()
     assert (tmp_path / "retrieval.png").stat().st_size > 20000
+
+
+def test_server_serves_assets_but_no_other_files(server):
+    """Raw HTTP: a bundled crop is served; the project's source and system files are not."""
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    url, _ = server
+    crop = sorted((ROOT / "assets/pets09_occ/crops/query").iterdir())[0]
+
+    def status(path: str) -> int:
+        try:
+            with urlopen(f"{url}gradio_api/file={path}", timeout=10) as response:
+                return response.status
+        except HTTPError as error:
+            return error.code
+
+    assert status(str(crop)) == 200
+    for forbidden in ("/etc/passwd", str(ROOT / "app.py"), str(ROOT / "dpmpp/api.py"), str(ROOT / ".git/config")):
+        assert status(forbidden) in (403, 404), forbidden
