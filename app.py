@@ -11,11 +11,13 @@ import logging
 import math
 import tempfile
 import threading
+import time
 from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import plotly
 from PIL import Image
 
 from dpmpp.api import Pipeline
@@ -35,6 +37,42 @@ from dpmpp.viz.rank_strip import rank_strip
 from dpmpp.viz.umap_plot import umap_figure
 
 logger = logging.getLogger("dpmpp.app")
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: no CDN
+UMAP_TEMPLATE = (
+    "<div class='umap-wrap' style='position:relative'><div class='umap-plot' style='height:560px'></div>"
+    "<div class='umap-thumb' style='position:absolute;display:none;pointer-events:none;background:#fff;"
+    "border:1px solid #888;padding:2px;z-index:10'></div></div>"
+)
+# Draws the Plotly figure in props.value (redrawn when its version changes); hover shows the crop, a click asks
+# Python for nearest neighbours, a lasso or box selection fills the linked grid.
+UMAP_JS = """
+let shown = -1;
+function send(event) { props.value = {...props.value, event: event}; trigger('submit'); }
+function draw() {
+  const v = props.value;
+  if (!v || !v.figure || v.version === shown || !window.Plotly) return;
+  shown = v.version;
+  const fig = JSON.parse(v.figure);
+  const div = element.querySelector('.umap-plot');
+  const thumb = element.querySelector('.umap-thumb');
+  Plotly.react(div, fig.data, fig.layout, {displaylogo: false});
+  if (div._dpmpp) return;
+  div._dpmpp = true;
+  div.on('plotly_hover', (e) => {
+    const p = e.points[0]; const url = (props.value.thumbs || [])[p.customdata[0]];
+    if (!url) return;
+    thumb.innerHTML = `<img src="${url}" style="height:128px;display:block">`;
+    thumb.style.left = (e.event.offsetX + 16) + 'px'; thumb.style.top = (e.event.offsetY + 16) + 'px';
+    thumb.style.display = 'block';
+  });
+  div.on('plotly_unhover', () => { thumb.style.display = 'none'; });
+  div.on('plotly_click', (e) => send({type: 'click', point: e.points[0].customdata[0]}));
+  div.on('plotly_selected', (e) => {
+    if (e && e.points.length) send({type: 'select', points: e.points.map((p) => p.customdata[0])});
+  });
+}
+setInterval(draw, 250);
+"""
 BENCHMARK = ASSETS / "pets09_occ"
 HSV = "HSV colour floor (no model)"
 SETTINGS = {"checkpoint_dir": CHECKPOINTS, "data_root": None}
@@ -391,7 +429,38 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
             f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. Matching needs only the angles "
             "between features and prototypes, so the map keeps the prototypes in their own corner."
         )
-    return umap_figure(points, colour_by, trail), note
+    figure = umap_figure(points, colour_by, trail)
+    thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
+    return {"version": time.time_ns(), "figure": figure.to_json(), "thumbs": thumbs}, note
+
+
+def umap_select(checkpoint: str, value: dict | None):
+    """A click on the map lists the point's nearest neighbours; a lasso or box selection lists what it holds."""
+    event = (value or {}).get("event") or {}
+    points = prototype_map_for(checkpoint)
+
+    def item(row: int, extra: str = ""):
+        label = f"{points.kind[row]} · person {points.pid[row]}{extra}"
+        path = points.paths[row]
+        return (path, label) if path else None
+
+    if event.get("type") == "click":
+        row = int(event["point"])
+        found = [item(i, f" · cos {score:.2f}") for i, score in points.neighbours(row)]
+        items = [x for x in [item(row, " · clicked")] + found if x is not None]
+        return (
+            items,
+            f"Nearest neighbours of {points.kind[row]} {points.index[row]} (person {points.pid[row]}), "
+            "by cosine in the prototype space.",
+        )
+    if event.get("type") == "select":
+        rows = [int(r) for r in event.get("points", [])]
+        persons = np.unique(points.pid[rows], return_counts=True) if rows else ([], [])
+        counts = ", ".join(f"person {p}: {c}" for p, c in zip(*persons))
+        items = [x for x in (item(r) for r in rows[:60]) if x is not None]
+        shown = f" (showing the first {len(items)})" if len(rows) > 60 else ""
+        return items, f"{len(rows)} points selected{shown}. {counts}"
+    raise gr.Error("Click a point, or select points with the lasso or box tool.")
 
 
 def failures(checkpoint: str, occluder: str, min_occluded: float, only_failures: bool):
@@ -632,8 +701,16 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         with gr.Tab("Prototype space"):
             colour_by = gr.Radio(["identity", "correctness", "occlusion"], value="identity", label="colour by")
             umap_button = gr.Button("Draw map", elem_id="umap")
-            umap_plot = gr.Plot(label="prototype space")
+            umap_canvas = gr.HTML(value=None, html_template=UMAP_TEMPLATE, js_on_load=UMAP_JS, elem_id="umap_canvas")
             umap_note = gr.Markdown(elem_id="umap_note")
+            umap_grid = gr.Gallery(
+                label="linked grid: nearest neighbours of a click, or the lasso's points",
+                columns=12,
+                height=300,
+                object_fit="contain",
+                elem_id="umap_grid",
+            )
+            umap_grid_note = gr.Markdown(elem_id="umap_grid_note")
         with gr.Tab("Failures"):
             gr.Markdown(EXPLAIN_METRIC)
             with gr.Row():
@@ -684,7 +761,8 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         )
         threshold.release(mask_view, [model, view, threshold], [mask_plot, mask_counts, contribution_plot], **hidden)
         use_mask.change(**refresh_views)
-        umap_button.click(umap_view, [model, view, colour_by], [umap_plot, umap_note], api_name="umap")
+        umap_button.click(umap_view, [model, view, colour_by], [umap_canvas, umap_note], api_name="umap")
+        umap_canvas.submit(umap_select, [model, umap_canvas], [umap_grid, umap_grid_note], api_name="umap_select")
         failures_button.click(
             failures,
             [model, occluder_filter, min_occluded, only_failures],
@@ -735,7 +813,8 @@ def main(argv=None) -> None:
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        allowed_paths=[str(ASSETS)],
+        allowed_paths=[str(ASSETS), str(PLOTLY_JS)],
+        head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
         max_file_size="20mb",
         show_error=True,
     )

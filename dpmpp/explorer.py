@@ -222,6 +222,14 @@ class PrototypeMap:
     correct: np.ndarray  # [N] rank-1 correct for queries, NaN otherwise
     reducer: object
     note: str  # what was included, and any subsampling
+    features: np.ndarray  # [N, E] unit features of the mapped points (nearest neighbours are found here)
+    paths: list[str]  # image file per point ("" for prototypes)
+
+    def neighbours(self, row: int, count: int = 12) -> list[tuple[int, float]]:
+        """The `count` points nearest to point `row` by cosine in the prototype space (itself excluded)."""
+        similarity = self.features @ self.features[row]
+        order = [int(i) for i in np.argsort(-similarity, kind="stable") if i != row][:count]
+        return [(i, float(similarity[i])) for i in order]
 
     def place(self, features: np.ndarray) -> np.ndarray:
         """[M, E] -> [M, 2] coordinates in this map."""
@@ -231,7 +239,7 @@ class PrototypeMap:
 def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: int = 20000) -> PrototypeMap:
     import umap
 
-    parts, kind, pids, index, fractions, correct = [], [], [], [], [], []
+    parts, kind, pids, index, fractions, correct, paths = [], [], [], [], [], [], []
     pipeline = explorer.pipeline
     if pipeline is not None and pipeline.model.prototypes is not None:
         prototypes = pipeline.model.prototypes.detach().float().cpu().numpy()
@@ -242,6 +250,7 @@ def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: 
         index += list(range(len(prototypes)))
         fractions += [np.nan] * len(prototypes)
         correct += [np.nan] * len(prototypes)
+        paths += [""] * len(prototypes)
     rank1 = explorer.metrics().first_true_rank == 1
     for name, records, embedding in (
         ("gallery", explorer.split.gallery, explorer.gallery),
@@ -253,6 +262,7 @@ def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: 
         index += list(range(len(records)))
         fractions += [float(r.meta.get("occluded_fraction", np.nan)) for r in records]
         correct += [float(c) for c in rank1] if name == "query" else [np.nan] * len(records)
+        paths += [r.path for r in records]
     points = np.concatenate(parts).astype(np.float32)
     note = f"all {len(points)} points"
     keep = np.arange(len(points))
@@ -266,5 +276,6 @@ def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: 
     coords = reducer.fit_transform(points[keep])
     pick = lambda values: np.asarray(values)[keep]  # noqa: E731
     return PrototypeMap(
-        coords, list(pick(kind)), pick(pids), pick(index), pick(fractions), pick(correct), reducer, note
+        coords, list(pick(kind)), pick(pids), pick(index), pick(fractions), pick(correct), reducer, note,
+        points[keep], list(pick(paths)),
     )

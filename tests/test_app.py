@@ -142,6 +142,7 @@ def test_client_drives_every_view(server, tmp_path):
         "/mask",
         "/retrieve",
         "/umap",
+        "/umap_select",
         "/failures",
         "/export_case",
         "/import_case",
@@ -169,8 +170,15 @@ def test_client_drives_every_view(server, tmp_path):
     assert "Active dimensions" in counts and json.loads(figure["plot"])["data"]
     table, _, _ = client.predict("all", 0, False, api_name="/failures")
     assert len(table["data"]) == 213
-    figure, note = client.predict("correctness", api_name="/umap")
-    assert "UMAP" in note and len(json.loads(figure["plot"])["data"]) == 4  # gallery, query, prototypes, trail
+    canvas, note = client.predict("correctness", api_name="/umap")
+    assert "UMAP" in note and len(json.loads(canvas["figure"])["data"]) == 4  # gallery, query, prototypes, trail
+    assert sum(1 for url in canvas["thumbs"] if url.startswith("/gradio_api/file=")) == 754 + 213
+    grid, grid_note = client.predict({**canvas, "event": {"type": "click", "point": 20}}, api_name="/umap_select")
+    assert "Nearest neighbours" in grid_note and len(grid) >= 12
+    grid, grid_note = client.predict(
+        {**canvas, "event": {"type": "select", "points": list(range(10, 90))}}, api_name="/umap_select"
+    )
+    assert grid_note.startswith("80 points selected (showing the first 60)") and len(grid) == 60
     case_path = client.predict(10, True, api_name="/export_case")
     assert json.loads(Path(case_path).read_text())["occlusion"]["method"] == "paint"
 
@@ -240,6 +248,12 @@ def test_browser_clicks_through_every_view(server, tmp_path):
         page.get_by_role("tab", name="Prototype space").click()
         page.locator("#umap").click()
         page.wait_for_function("document.querySelector('#umap_note').innerText.includes('UMAP')", timeout=120000)
+        page.wait_for_selector("#umap_canvas .umap-plot .main-svg", timeout=30000)  # plotly.js, served locally
+        point = page.locator("#umap_canvas .point").nth(300).bounding_box()
+        page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        page.wait_for_selector("#umap_canvas .umap-thumb img", timeout=10000)  # hover shows the crop
+        page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        page.wait_for_function("document.querySelector('#umap_grid_note').innerText.includes('Nearest')", timeout=30000)
         page.get_by_role("tab", name="Failures").click()
         page.locator("#failures").click()
         page.wait_for_function("document.querySelectorAll('#failure_table [role=row]').length > 5", timeout=30000)
