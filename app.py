@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -241,6 +242,38 @@ def load_model(checkpoint: str):
         raise gr.Error(f"Could not load {checkpoint}: {error}. The previous model stays active.") from error
     choices = query_choices(explorer)
     return checkpoint, card, gr.update(choices=choices, value=choices[0][1])
+
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "text_prototypes.safetensors", "metrics.json")
+
+
+def upload_checkpoint(files, name: str):
+    """Save uploaded checkpoint files as a new folder under the checkpoint dir, only if they load as a model."""
+    paths = [Path(f if isinstance(f, (str, Path)) else f.name) for f in (files or [])]
+    by_name = {p.name: p for p in paths}
+    missing = [n for n in ("config.json", "model.safetensors") if n not in by_name]
+    if missing:
+        raise gr.Error(f"Upload a checkpoint's files: {', '.join(CHECKPOINT_FILES[:2])} at least; missing {missing}.")
+    unexpected = sorted(set(by_name) - set(CHECKPOINT_FILES))
+    if unexpected:
+        raise gr.Error(f"Unexpected files {unexpected}; a checkpoint holds {', '.join(CHECKPOINT_FILES)}.")
+    safe = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_") or "uploaded"
+    root = Path(SETTINGS["checkpoint_dir"])
+    target = root / safe
+    if target.exists():
+        raise gr.Error(f"{target} already exists; choose another name.")
+    staging = Path(tempfile.mkdtemp(prefix=f".{safe}.", dir=root))
+    try:
+        for file_name, path in by_name.items():
+            shutil.copyfile(path, staging / file_name)
+        Pipeline.from_checkpoint(staging, device="cpu")  # refuse anything that does not load as a model
+        staging.rename(target)
+    except (CheckpointError, OSError) as error:
+        raise gr.Error(f"Not a usable checkpoint: {error}. Nothing was saved.") from error
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return gr.update(choices=checkpoint_choices(), value=str(target)), f"Saved {target}; press Load to use it."
 
 
 def select_query(checkpoint: str, query_index: int):
@@ -606,6 +639,16 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     scale=4,
                 )
                 load_button = gr.Button("Load", elem_id="load_model", scale=1)
+            with gr.Accordion("Upload a checkpoint", open=False):
+                with gr.Row():
+                    upload_files = gr.File(
+                        file_count="multiple",
+                        label="config.json, model.safetensors, ...",
+                        file_types=[".json", ".safetensors"],
+                    )
+                    upload_name = gr.Textbox(value="uploaded", label="folder name")
+                upload_button = gr.Button("Save checkpoint", elem_id="upload_checkpoint")
+                upload_note = gr.Markdown(elem_id="upload_note")
             card = gr.Markdown(model_card(start), elem_id="model_card")
             with gr.Accordion("Train a model", open=False):
                 with gr.Row():
@@ -723,7 +766,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
             table = gr.Dataframe(interactive=False, elem_id="failure_table", max_height=360)
             with gr.Row():
                 cmc_plot = gr.Plot(label="CMC")
-                bins_plot = gr.Plot(label="rank-1 by occlusion")
+                bins_plot = gr.Plot(label="rank-1 and mAP by occlusion")
             with gr.Row():
                 export_button = gr.Button("Export this case", elem_id="export_case")
                 case_file = gr.File(label="case file (JSON)", file_types=[".json"], elem_id="case_file")
@@ -737,6 +780,9 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         refresh_views = {**retrieval, **hidden}
         retrieve_button.click(api_name="retrieve", **retrieval)  # first, so that it owns the name /retrieve
         load_button.click(load_model, checkpoint_box, [model, card, query], api_name="load_model")
+        upload_button.click(
+            upload_checkpoint, [upload_files, upload_name], [checkpoint_box, upload_note], api_name="upload_checkpoint"
+        )
         query.input(
             select_query, [model, query], [view, clean_image, occluded_image, info], api_name="select_query"
         ).then(**refresh_views).then(editor_background, view, editor, **hidden)

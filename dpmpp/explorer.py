@@ -276,6 +276,14 @@ def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: 
     coords = reducer.fit_transform(points[keep])
     pick = lambda values: np.asarray(values)[keep]  # noqa: E731
     return PrototypeMap(
-        coords, list(pick(kind)), pick(pids), pick(index), pick(fractions), pick(correct), reducer, note,
-        points[keep], list(pick(paths)),
+        coords,
+        list(pick(kind)),
+        pick(pids),
+        pick(index),
+        pick(fractions),
+        pick(correct),
+        reducer,
+        note,
+        points[keep],
+        list(pick(paths)),
     )

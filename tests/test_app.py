@@ -59,7 +59,12 @@ def test_failures_filter_and_bins():
     assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()
     assert (table["first true rank"] != 1).all() and list(table["AP"]) == sorted(table["AP"])
     assert {trace.name for trace in cmc.data} == {"mask on", "mask off"}
-    assert len(bins.data) == 2
+    assert {trace.name for trace in bins.data} == {
+        "rank-1, mask on",
+        "mAP, mask on",
+        "rank-1, mask off",
+        "mAP, mask off",
+    }
 
 
 def test_case_export_and_import_restore_the_view(view, tmp_path):
@@ -280,3 +285,20 @@ def test_server_serves_assets_but_no_other_files(server):
     assert status(str(crop)) == 200
     for forbidden in ("/etc/passwd", str(ROOT / "app.py"), str(ROOT / "dpmpp/api.py"), str(ROOT / ".git/config")):
         assert status(forbidden) in (403, 404), forbidden
+
+
+def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
+    monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", tmp_path)
+    files = [str(DEFAULT_CHECKPOINT / name) for name in app.CHECKPOINT_FILES]
+    update, note = app.upload_checkpoint(files, "copy")
+    assert (tmp_path / "copy" / "model.safetensors").is_file() and update["value"] == str(tmp_path / "copy")
+    assert str(tmp_path / "copy") in update["choices"]
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes((DEFAULT_CHECKPOINT / "model.safetensors").read_bytes()[:5000])
+    with pytest.raises(app.gr.Error, match="Nothing was saved"):
+        app.upload_checkpoint([str(broken / "config.json"), str(broken / "model.safetensors")], "bad")
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
+    with pytest.raises(app.gr.Error, match="missing"):
+        app.upload_checkpoint([str(broken / "config.json")], "half")

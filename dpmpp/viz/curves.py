@@ -22,16 +22,18 @@ def cmc_figure(curves: dict[str, list[float]], max_rank: int = 20) -> go.Figure:
 
 
 def occlusion_bins_figure(table: pd.DataFrame) -> go.Figure:
+    """Rank-1 and mAP per occluded-fraction bin, mask on and off."""
     figure = go.Figure()
     for matching, rows in table.groupby("matching", sort=False):
         labels = [f"{b} (n={n})" for b, n in zip(rows["bin"], rows["queries"])]
-        figure.add_bar(x=labels, y=100 * rows["rank-1"], name=f"rank-1, {matching}")
+        for metric in ("rank-1", "mAP"):
+            figure.add_bar(x=labels, y=100 * rows[metric], name=f"{metric}, {matching}")
     figure.update_layout(
         barmode="group",
         height=300,
         margin={"l": 40, "r": 10, "t": 30, "b": 40},
         xaxis_title="occluded fraction of the query",
-        yaxis_title="rank-1 (%)",
+        yaxis_title="%",
     )
     return figure
 
