@@ -302,3 +302,15 @@ def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
     with pytest.raises(app.gr.Error, match="missing"):
         app.upload_checkpoint([str(broken / "config.json")], "half")
+
+
+def test_selecting_a_failure_row_opens_that_query():
+    table = app.failures(CHECKPOINT, "all", 0, True)[0]
+
+    class Selected:  # what Gradio passes for a click on cell (row 2, column 0)
+        index = (2, 0)
+
+    update, view, shown, _, info = app.open_failure(CHECKPOINT, table, Selected())
+    query_index = int(table.iloc[2]["query"])
+    assert update["value"] == query_index and view["query_index"] == query_index
+    assert view["file"] == table.iloc[2]["file"] and view["file"] in info
