@@ -141,6 +141,17 @@ def cmd_embed(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "accuracy":
+        from dpmpp.bench.accuracy import TRAINED, run, summary_table
+
+        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
+        seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+        methods = ["DPM++ full"] if args.quick else list(TRAINED)
+        out = Path(args.out or ("bench/results/accuracy_quick.csv" if args.quick else "bench/results/accuracy.csv"))
+        rows = run(out, seeds, epochs, methods)
+        print(f"results: {out}")
+        print(summary_table(rows))
+        return 0
     from dpmpp.atomic import write_json
     from dpmpp.bench.speed import format_tables, run
     from dpmpp.engine.distributed import pick_device
@@ -201,10 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["speed"], help="which benchmark")
+    bench.add_argument("what", choices=["speed", "accuracy"], help="which benchmark")
+    bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
+    bench.add_argument("--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row")
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--out", default=None, help="also write the results to this JSON file")
+    bench.add_argument("--out", default=None, help="speed: also write JSON here; accuracy: the CSV to fill")
     bench.add_argument("--device", default=None)
     bench.set_defaults(func=cmd_bench)
     return parser
