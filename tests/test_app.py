@@ -186,6 +186,18 @@ def test_client_drives_every_view(server, tmp_path):
     assert grid_note.startswith("80 points selected (showing the first 60)") and len(grid) == 60
     case_path = client.predict(10, True, api_name="/export_case")
     assert json.loads(Path(case_path).read_text())["occlusion"]["method"] == "paint"
+    client.predict("person_P02", 0.4, 0.6, 0.7, api_name="/occlude_paste")
+    pasted_case = json.loads(Path(client.predict(10, True, api_name="/export_case")).read_text())
+    client.predict(7, api_name="/select_query")  # move away, then load the case back
+    query, occluded, top_k, use_mask, note = client.predict(handle_file(str(case_path)), api_name="/import_case")
+    assert "painted regions are not stored" in note.lower()
+    case_file = tmp_path / "pasted.json"
+    case_file.write_text(json.dumps(pasted_case))
+    query, occluded, top_k, use_mask, note = client.predict(handle_file(str(case_file)), api_name="/import_case")
+    query = query["value"] if isinstance(query, dict) else query  # the client returns the dropdown's update
+    assert query == pasted_case["query_index"] and "occlusion paste" in note and occluded is not None
+    again = json.loads(Path(client.predict(10, True, api_name="/export_case")).read_text())
+    assert again["top"] == pasted_case["top"] and again["mask"] == pasted_case["mask"]
 
 
 def test_client_trains_with_progress_and_lists_the_result(server):
