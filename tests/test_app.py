@@ -326,3 +326,39 @@ def test_selecting_a_failure_row_opens_that_query():
     query_index = int(table.iloc[2]["query"])
     assert update["value"] == query_index and view["query_index"] == query_index
     assert view["file"] == table.iloc[2]["file"] and view["file"] in info
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses listening on `port`, read from /proc/net/tcp (state 0A = LISTEN)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_server_listens_on_loopback_only(server):
+    port = int(server[0].rstrip("/").rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing on 0.0.0.0 or ::
+
+
+def test_two_sessions_stay_independent_while_a_training_runs(server):
+    from gradio_client import Client
+
+    url, _ = server
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    first.predict(3, api_name="/select_query")
+    first.predict("pole", 0.5, 0.5, 1.0, api_name="/occlude_paste")
+    second.predict(7, api_name="/select_query")
+    status = first.predict("pets09_occ", "", "tiny", 1, "concurrent", ["dynamic mask"], api_name="/train")
+    assert "running" in status
+    _, occluded_strip, summary = second.predict(10, True, api_name="/retrieve")
+    assert occluded_strip is None and "synthetic occlusion" not in summary  # the other session's occluder is not here
+    _, occluded_strip, summary = first.predict(10, True, api_name="/retrieve")
+    assert occluded_strip is not None and "with synthetic occlusion" in summary
+    text, _, _ = second.predict(api_name="/train_status")
+    assert "running" in text  # retrieval answered while the training job was still going
+    first.predict(api_name="/stop_training")

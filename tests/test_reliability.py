@@ -1,0 +1,103 @@
+"""Bad input and faults: each gets a clear, typed error; nothing saved is lost; nothing unexpected is executed."""
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from dpmpp.api import Pipeline
+from dpmpp.data.images import ImageLoadError, load_image
+from dpmpp.engine.checkpoint import CheckpointError
+from dpmpp.paths import DEFAULT_CHECKPOINT
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return Pipeline.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
+
+
+def test_bad_images_get_typed_errors_and_the_pipeline_keeps_working(pipeline, tmp_path):
+    person = Image.new("RGB", (40, 100), (120, 30, 30))
+    jpeg = encoded(person, "JPEG")
+    cases = {
+        "text file": b"this is not an image",
+        "truncated JPEG": jpeg[: len(jpeg) // 2],
+        "empty file": b"",
+    }
+    for name, data in cases.items():
+        with pytest.raises(ImageLoadError, match="not a readable image|no such"):
+            pipeline.embed([data]), name
+    with pytest.raises(ImageLoadError, match="at least"):
+        pipeline.embed([Image.new("RGB", (1, 1))])
+    huge = tmp_path / "huge.png"
+    Image.new("L", (12000, 12000)).save(huge)  # 144 megapixels, refused before decoding
+    with pytest.raises(ImageLoadError, match="larger than the limit"):
+        pipeline.embed([huge])
+    # Odd but valid encodings are converted, and the same session still works afterwards.
+    odd = [
+        person.convert("L"),
+        person.convert("RGBA"),
+        person.convert("CMYK"),
+        Image.fromarray((np.asarray(person.convert("L"), np.uint16) * 257)),
+        encoded(person, "PNG"),
+        encoded(person.convert("CMYK"), "JPEG"),
+    ]
+    embedded = pipeline.embed(odd)
+    assert embedded.features.shape == (len(odd), 256) and np.isfinite(embedded.features).all()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_fuzz_image_loader_raises_only_image_load_error(data):
+    try:
+        image = load_image(data)
+    except ImageLoadError:
+        return
+    assert image.mode == "RGB"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(weights=st.binary(max_size=2048), config=st.one_of(st.binary(max_size=512), st.just(None)))
+def test_fuzz_checkpoint_loader_raises_only_checkpoint_error(tmp_path_factory, weights, config):
+    folder = tmp_path_factory.mktemp("fuzzed")
+    shutil.copyfile(DEFAULT_CHECKPOINT / "config.json", folder / "config.json")
+    if config is not None:
+        (folder / "config.json").write_bytes(config)
+    (folder / "model.safetensors").write_bytes(weights)
+    with pytest.raises(CheckpointError):
+        Pipeline.from_checkpoint(folder, device="cpu")
+
+
+def test_app_keeps_its_model_when_a_checkpoint_is_bad(tmp_path):
+    import app
+
+    good = str(DEFAULT_CHECKPOINT)
+    bad = tmp_path / "bad"
+    shutil.copytree(DEFAULT_CHECKPOINT, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["meta"]["num_classes"] = 3
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(app.gr.Error, match="previous model stays active"):
+        app.load_model(str(bad))
+    model, card, _ = app.load_model(good)
+    assert model == good and "pets09_occ" in card
+
+
+def test_uploading_a_non_image_as_query_says_what_was_expected():
+    import app
+
+    with pytest.raises(app.gr.Error, match="JPEG, PNG"):
+        app.upload_query(str(DEFAULT_CHECKPOINT), b"%PDF-1.4 not a person crop")
