@@ -362,3 +362,36 @@ def test_two_sessions_stay_independent_while_a_training_runs(server):
     text, _, _ = second.predict(api_name="/train_status")
     assert "running" in text  # retrieval answered while the training job was still going
     first.predict(api_name="/stop_training")
+
+
+def test_uploads_over_the_size_limit_are_refused(server):
+    """Raw HTTP multipart uploads: 1 kB is accepted, 21 MB is refused (the limit is 20 MB)."""
+    import urllib.request
+    import uuid
+
+    url, _ = server
+
+    def upload(size: int) -> int:
+        boundary = uuid.uuid4().hex
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.bin"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + os.urandom(size)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            f"{url}gradio_api/upload",
+            data=body,
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert upload(1000) == 200
+    assert upload(21 * 1024 * 1024) == 413

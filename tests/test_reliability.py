@@ -101,3 +101,18 @@ def test_uploading_a_non_image_as_query_says_what_was_expected():
 
     with pytest.raises(app.gr.Error, match="JPEG, PNG"):
         app.upload_query(str(DEFAULT_CHECKPOINT), b"%PDF-1.4 not a person crop")
+
+
+def test_dataset_faults_name_the_problem(tmp_path):
+    from dpmpp.data.dataset import ImageDataset
+    from dpmpp.data.datasets import DatasetLayoutError, load_split
+    from dpmpp.data.records import ReIDRecord
+    from dpmpp.data.transforms import build_transforms
+
+    (tmp_path / "a.jpg").write_bytes(b"not really a jpeg")
+    (tmp_path / "manifest.csv").write_text("path,pid,camid,split\na.jpg,1,0,train\n")
+    with pytest.raises(DatasetLayoutError, match="non-empty"):
+        load_split("manifest", tmp_path)  # a split with no query or gallery
+    dataset = ImageDataset([ReIDRecord(str(tmp_path / "a.jpg"), 1, 0)], build_transforms(64, 32, train=False))
+    with pytest.raises(ImageLoadError, match="a.jpg"):
+        dataset[0]  # an unreadable file names itself

@@ -140,3 +140,58 @@ def test_camera_embedding_is_refused_where_camera_ids_are_tracks(tmp_path):
     config = apply_overrides(load_preset("tiny"), ["model.camera_embedding=true"])
     with pytest.raises(ValueError, match="leak|hand the model the identity"):
         train(config, tmp_path / "sie")
+
+
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(fast_config, tmp_path, monkeypatch):
+    from dpmpp.api import Pipeline
+    from dpmpp.engine import checkpoint as checkpoint_module
+
+    fast_config.train.epochs = 1
+    train(fast_config, tmp_path / "run")
+    before = (tmp_path / "run/model.safetensors").read_bytes()
+
+    def dying_save(tensors, path, metadata=None):
+        with open(path, "wb") as handle:
+            handle.write(b"half a file")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", dying_save)
+    model = Pipeline.from_checkpoint(tmp_path / "run", device="cpu").model
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint_module.save_model(tmp_path / "run", model, fast_config, {"num_classes": 0})
+    assert (tmp_path / "run/model.safetensors").read_bytes() == before
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    Pipeline.from_checkpoint(tmp_path / "run", device="cpu")
+
+
+def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(small_data, tmp_path):
+    import signal
+    import time as clock
+
+    sets = [item for s in FAST + ["train.epochs=4", "data.num_workers=0"] for item in ("--set", s)]
+    base = ["train", "--config", "tiny", "--data", "manifest", "--root", str(small_data), "--quiet", *sets]
+    assert run_cli(*base, "--out", str(tmp_path / "full")).returncode == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dpmpp", *base, "--out", str(tmp_path / "killed")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = None
+    for _ in range(600):  # wait for the first stage-2 epoch checkpoint, then kill without warning
+        state = checkpoint.load_train_state(tmp_path / "killed") if (tmp_path / "killed").exists() else None
+        if state is not None and state["stage"] == "stage2" and state["epoch"] >= 1:
+            break
+        clock.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoint.load_train_state(tmp_path / "killed")
+    assert killed_at["stage"] == "stage2" and 1 <= killed_at["epoch"] < 4
+    from dpmpp.api import Pipeline
+
+    Pipeline.from_checkpoint(tmp_path / "killed", device="cpu")  # the last complete epoch loads
+    assert run_cli(*base, "--out", str(tmp_path / "killed"), "--resume").returncode == 0
+    assert checkpoint.load_train_state(tmp_path / "killed")["epoch"] == 4
+    full, resumed = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "killed/model.safetensors")
+    for key in full:  # resuming at an epoch boundary repeats the uninterrupted run
+        torch.testing.assert_close(full[key], resumed[key], rtol=1e-4, atol=1e-5, msg=key)
