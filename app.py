@@ -76,6 +76,14 @@ setInterval(draw, 250);
 """
 BENCHMARK = ASSETS / "pets09_occ"
 HSV = "HSV colour floor (no model)"
+COMPONENTS = (
+    "dynamic mask",
+    "text stage",
+    "patch transfer",
+    "occlusion-aware pairing",
+    "class-ignoring",
+    "head orthogonality",
+)  # the training switches offered in the Model tab
 SETTINGS = {"checkpoint_dir": CHECKPOINTS, "data_root": None}
 JOBS = TrainingJobs()
 
@@ -661,25 +669,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     preset = gr.Dropdown(preset_names(), value="tiny", label="preset")
                     epochs = gr.Number(value=30, precision=0, label="epochs (stage 2)")
                     name = gr.Textbox(value="my_run", label="checkpoint name")
-                switches = gr.CheckboxGroup(
-                    [
-                        "dynamic mask",
-                        "text stage",
-                        "patch transfer",
-                        "occlusion-aware pairing",
-                        "class-ignoring",
-                        "head orthogonality",
-                    ],
-                    value=[
-                        "dynamic mask",
-                        "text stage",
-                        "patch transfer",
-                        "occlusion-aware pairing",
-                        "class-ignoring",
-                        "head orthogonality",
-                    ],
-                    label="components",
-                )
+                switches = gr.CheckboxGroup(COMPONENTS, value=list(COMPONENTS), label="components")
                 with gr.Row():
                     train_button = gr.Button("Start training", variant="primary", elem_id="train")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")

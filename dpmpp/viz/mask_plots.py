@@ -43,7 +43,7 @@ def mask_bars(clean: np.ndarray, occluded: np.ndarray | None, threshold: float) 
         margin={"l": 40, "r": 10, "t": 50, "b": 40},
         xaxis_title="prototype dimensions, sorted by the clean mask",
         yaxis_title="mask value",
-        legend={"orientation": "h", "y": 1.12},
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return figure
 
@@ -75,6 +75,6 @@ def contributions(
         margin={"l": 40, "r": 10, "t": 50, "b": 40},
         xaxis_title=f"the {len(dims)} dimensions where the two differ most",
         yaxis_title="contribution to the score",
-        legend={"orientation": "h", "y": 1.15},
+        legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
     )
     return figure
