@@ -17,7 +17,6 @@ from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
 from dpmpp.engine.distributed import pick_device
 from dpmpp.eval.extract import evaluate_similarity, extract, similarity
-from dpmpp.eval.gradcam import prototype_gradcam
 from dpmpp.eval.metrics import ReIDMetrics
 from dpmpp.model.dpmpp import build_model
 from dpmpp.paths import DEFAULT_CHECKPOINT
@@ -167,6 +166,8 @@ class Pipeline:
         pids = list(self.meta.get("pids", []))
         if pid is not None and pid not in pids:
             raise ValueError(f"identity {pid} has no prototype; this model knows {pids}")
+        from dpmpp.eval.gradcam import prototype_gradcam  # grad-cam is needed only here
+
         batch = self.preprocess([image]).to(self.device)
         classes = None if pid is None else [pids.index(pid)]
         maps, chosen, scores = prototype_gradcam(self.model, batch, classes, use_mask)

@@ -119,13 +119,22 @@ def bench_retrieval(
 
             plain_s, _ = timed(plain, device, repeats)
             masked_s, spread = timed(masked, device, repeats)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
             prepared_s, _ = timed(prepared_masked, device, repeats)
+            # GPU: measured peak above what was allocated before; CPU: the score matrix it must hold.
+            peak_mb = (
+                (torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" else count * size * 4
+            ) / 2**20
             row = {
                 "gallery": size,
                 "queries": count,
                 "plain_ms": 1000 * plain_s,
                 "masked_ms": 1000 * masked_s,
                 "prepared_ms": 1000 * prepared_s,
+                "peak_mb": peak_mb,
+                "peak_measured": device.type == "cuda",
                 "masked_over_plain": prepared_s / plain_s,
                 "unprepared_over_plain": masked_s / plain_s,
                 "spread_ms": 1000 * spread,
@@ -207,6 +216,42 @@ def bench_ann(sizes: list[int], queries: int, dim: int, workdir) -> list[dict]:
     return rows
 
 
+def bench_umap(sizes: list[int], dim: int = 256) -> list[dict]:
+    """UMAP fit time by point count (the first fit also compiles numba), and the cached re-display."""
+    import umap
+
+    from dpmpp.explorer import PrototypeMap
+    from dpmpp.viz.umap_plot import umap_figure
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        centres = rng.normal(size=(max(size // 50, 2), dim))
+        points = (centres[rng.integers(0, len(centres), size)] + 0.5 * rng.normal(size=(size, dim))).astype(np.float32)
+        start = time.perf_counter()
+        reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=0)
+        coords = reducer.fit_transform(points)
+        fit_s = time.perf_counter() - start
+        pids = rng.integers(0, 10, size)
+        cached = PrototypeMap(
+            coords,
+            ["gallery"] * size,
+            pids,
+            np.arange(size),
+            np.full(size, np.nan),
+            np.full(size, np.nan),
+            reducer,
+            "",
+            points,
+            [""] * size,
+        )
+        start = time.perf_counter()
+        umap_figure(cached, "identity").to_json()
+        redisplay_s = time.perf_counter() - start
+        rows.append({"points": size, "fit_s": fit_s, "cached_redisplay_s": redisplay_s})
+    return rows
+
+
 def bench_training(preset: str, batch: int, device: torch.device, steps: int) -> dict:
     """Training images/s of stage 2 (forward, all losses, backward, Adam step) on random images."""
     config = load_preset(preset)
@@ -254,6 +299,8 @@ def run(quick: bool, device: torch.device) -> dict:
     results["extract_overhead"] = {r["preset"]: r["extract_overhead"] for r in results["extraction"]}
     import tempfile
 
+    results["umap"] = bench_umap([1_000] if quick else [1_000, 5_000, 20_000])
+
     with tempfile.TemporaryDirectory(prefix="dpmpp_ann_") as workdir:
         results["ann"] = bench_ann([100_000] if quick else [100_000, 1_000_000], 100, 512, workdir)
     return results
@@ -276,14 +323,15 @@ def format_tables(results: dict) -> str:
         "",
         "masked retrieval, top-10 included (ms)",
         "| gallery | queries | plain cosine | masked, prepared gallery | masked / plain | masked_cosine() "
-        "| per-query loop | loop / masked |",
-        "|---|---|---|---|---|---|---|---|",
+        "| per-query loop | loop / masked | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["retrieval"]:
         loop = f"{r['loop_ms']:.1f} | {r['loop_over_masked']:.0f}×" if "loop_ms" in r else "— | —"
         lines.append(
             f"| {r['gallery']:,} | {r['queries']} | {r['plain_ms']:.2f} | {r['prepared_ms']:.2f} | "
-            f"{r['masked_over_plain']:.2f}× | {r['masked_ms']:.2f} | {loop} |"
+            f"{r['masked_over_plain']:.2f}× | {r['masked_ms']:.2f} | {loop} | "
+            f"{r['peak_mb']:.0f}{'' if r['peak_measured'] else ' (scores only)'} |"
         )
     lines += [
         "",
@@ -295,6 +343,14 @@ def format_tables(results: dict) -> str:
         lines.append(
             f"| {r['preset']} | {r['batch']} | {r['train_img_s']:.1f} | {r['step_ms']:.0f} | {r['amp_bf16']} |"
         )
+    lines += [
+        "",
+        "UMAP (cosine, 15 neighbours; a fresh process compiles numba on its first fit of each size class)",
+        "| points | fit (s) | cached re-display (s) |",
+        "|---|---|---|",
+    ]
+    for r in results.get("umap", []):
+        lines.append(f"| {r['points']:,} | {r['fit_s']:.1f} | {r['cached_redisplay_s']:.3f} |")
     lines += [
         "",
         "large galleries: IVF candidates + exact masked re-scoring vs exact masked search "
