@@ -141,6 +141,21 @@ def cmd_embed(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.what == "masks":
+        from dpmpp.api import Pipeline
+        from dpmpp.bench.masks import analyse, format_report, save_figure
+        from dpmpp.data.datasets import load_split
+        from dpmpp.explorer import BenchmarkExplorer
+
+        pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device)
+        result = analyse(BenchmarkExplorer(load_split("pets09_occ", default_root("pets09_occ")), pipeline))
+        out = Path(args.out or "bench/results")
+        out.mkdir(parents=True, exist_ok=True)
+        save_figure(result, out / "masks.png")
+        result["table"].to_csv(out / "masks_per_query.csv", index=False)
+        print(format_report(result))
+        print(f"figure: {out / 'masks.png'}")
+        return 0
     if args.what == "accuracy":
         from dpmpp.bench.accuracy import TRAINED, run, summary_table
 
@@ -212,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["speed", "accuracy"], help="which benchmark")
+    bench.add_argument("what", choices=["speed", "accuracy", "masks"], help="which benchmark")
+    bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
     bench.add_argument("--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row")
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")

@@ -53,3 +53,20 @@ def test_retrieve_handler_renders_a_strip():
         strip[16 + 2, 72 + 10 + 2]
     )  # top border of rank 1 (16 px header; query tile 72 px + 10 px gap)
     assert first_tile_border == (GREEN if result.items[0].correct else RED)
+
+
+def test_mask_analysis_on_the_bundled_model():
+    from dpmpp.api import Pipeline
+    from dpmpp.bench.masks import analyse, format_report
+    from dpmpp.paths import DEFAULT_CHECKPOINT
+
+    explorer = BenchmarkExplorer(
+        load_split("pets09_occ", ASSETS / "pets09_occ"), Pipeline.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu")
+    )
+    result = analyse(explorer)
+    table = result["table"]
+    assert result["queries"] == len(explorer.split.query) == len(table)
+    assert table["active_fraction"].between(0, 1).all() and (table["distance_to_clean"] >= 0).all()
+    assert -1 <= result["spearman_distance_vs_occlusion"][0] <= 1
+    assert {row["occluder"] for row in result["by_occluder"]} == {"person", "pole", "sign"}
+    assert "Spearman" in format_report(result)

@@ -1,0 +1,148 @@
+"""Do the masks mean something? How a query's mask moves with occlusion, on the real occluded queries.
+
+`python -m dpmpp bench masks [--checkpoint DIR] [--out DIR]` prints the numbers and saves a figure:
+- per query, the mask's active fraction (mask > 0.5) and its mean absolute distance to the mask of its clean
+  counterpart (same person, same track, nearest unoccluded frame), against the occluded fraction (Spearman ρ);
+- the same by occluder type;
+- rank-1 and mAP by occlusion bin with the test-time mask on and off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from dpmpp.explorer import BenchmarkExplorer
+
+
+def mask_table(explorer: BenchmarkExplorer, threshold: float = 0.5) -> pd.DataFrame:
+    """One row per query that has a clean counterpart."""
+    rows = []
+    for i, record in enumerate(explorer.split.query):
+        clean = explorer.clean_counterpart(i)
+        if clean is None:
+            continue
+        mask, clean_mask = explorer.query.masks[i], explorer.gallery.masks[clean]
+        rows.append(
+            {
+                "query": i,
+                "occluder": record.meta.get("occluder", ""),
+                "occluded_fraction": float(record.meta.get("occluded_fraction", np.nan)),
+                "active_fraction": float((mask > threshold).mean()),
+                "clean_active_fraction": float((clean_mask > threshold).mean()),
+                "distance_to_clean": float(np.abs(mask - clean_mask).mean()),
+                "frames_apart": abs(
+                    int(record.meta.get("frame", 0)) - int(explorer.split.gallery[clean].meta.get("frame", 0))
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def analyse(explorer: BenchmarkExplorer) -> dict:
+    if not explorer.has_mask:
+        raise ValueError("this checkpoint has no mask generator")
+    table = mask_table(explorer)
+    rho_distance = spearmanr(table["occluded_fraction"], table["distance_to_clean"])
+    rho_active = spearmanr(table["occluded_fraction"], table["active_fraction"])
+    near = table[table["frames_apart"] <= 6]  # rules out a drift with time between query and counterpart
+    rho_near = spearmanr(near["occluded_fraction"], near["distance_to_clean"])
+    rho_frames = spearmanr(table["frames_apart"], table["distance_to_clean"])
+    by_type = table.groupby("occluder")[["occluded_fraction", "active_fraction", "distance_to_clean"]].mean()
+    by_type["queries"] = table.groupby("occluder").size()
+    return {
+        "queries": len(table),
+        "spearman_distance_vs_occlusion": (float(rho_distance.statistic), float(rho_distance.pvalue)),
+        "spearman_active_vs_occlusion": (float(rho_active.statistic), float(rho_active.pvalue)),
+        "spearman_distance_vs_occlusion_within_6_frames": (
+            float(rho_near.statistic),
+            float(rho_near.pvalue),
+            len(near),
+        ),
+        "spearman_distance_vs_frames_apart": (float(rho_frames.statistic), float(rho_frames.pvalue)),
+        "active_fraction_occluded_mean": float(table["active_fraction"].mean()),
+        "active_fraction_clean_mean": float(table["clean_active_fraction"].mean()),
+        "by_occluder": by_type.round(3).reset_index().to_dict(orient="records"),
+        "by_bin": explorer.by_occlusion().round(3).to_dict(orient="records"),
+        "table": table,
+    }
+
+
+def save_figure(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table, bins = result["table"], pd.DataFrame(result["by_bin"])
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"person": "#d13b3b", "pole": "#2c6fbb", "sign": "#1e9e48", "border": "#999999"}
+    for occluder, rows in table.groupby("occluder"):
+        axes[0].scatter(
+            rows["occluded_fraction"],
+            rows["distance_to_clean"],
+            s=12,
+            label=occluder,
+            color=colours.get(occluder, "black"),
+        )
+        axes[1].scatter(
+            rows["occluded_fraction"],
+            rows["active_fraction"],
+            s=12,
+            label=occluder,
+            color=colours.get(occluder, "black"),
+        )
+    rho_d, rho_a = result["spearman_distance_vs_occlusion"][0], result["spearman_active_vs_occlusion"][0]
+    axes[0].set(
+        xlabel="occluded fraction of the query",
+        ylabel="mean |m_query − m_clean|",
+        title=f"mask distance to the clean counterpart (ρ = {rho_d:.2f})",
+    )
+    axes[1].set(
+        xlabel="occluded fraction of the query",
+        ylabel="fraction of dimensions with m > 0.5",
+        title=f"active dimensions (ρ = {rho_a:.2f})",
+    )
+    axes[0].legend(title="occluder")
+    labels = list(dict.fromkeys(bins["bin"]))
+    x = np.arange(len(labels))
+    for offset, matching in ((-0.2, "mask on"), (0.2, "mask off")):
+        rows = bins[bins["matching"] == matching].set_index("bin").reindex(labels)
+        axes[2].bar(x + offset, 100 * rows["rank-1"], width=0.4, label=matching)
+    axes[2].set_xticks(x, [f"{b}\n(n={n})" for b, n in zip(labels, bins.drop_duplicates("bin")["queries"])])
+    axes[2].set(ylabel="rank-1 (%)", title="rank-1 by occlusion bin")
+    axes[2].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def format_report(result: dict) -> str:
+    d, a = result["spearman_distance_vs_occlusion"], result["spearman_active_vs_occlusion"]
+    lines = [
+        f"queries with a clean counterpart: {result['queries']}",
+        f"Spearman ρ(occluded fraction, mask distance to clean) = {d[0]:.3f} (p = {d[1]:.2g})",
+        f"  control: with the counterpart at most 6 frames away, ρ = "
+        f"{result['spearman_distance_vs_occlusion_within_6_frames'][0]:.3f} "
+        f"(n = {result['spearman_distance_vs_occlusion_within_6_frames'][2]}); "
+        f"ρ(frames apart, mask distance) = {result['spearman_distance_vs_frames_apart'][0]:.3f}",
+        f"Spearman ρ(occluded fraction, active fraction) = {a[0]:.3f} (p = {a[1]:.2g})",
+        f"mean active fraction: occluded queries {result['active_fraction_occluded_mean']:.3f}, "
+        f"their clean counterparts {result['active_fraction_clean_mean']:.3f}",
+        "",
+        "| occluder | queries | occluded | active fraction | distance to clean |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["by_occluder"]:
+        lines.append(
+            f"| {row['occluder']} | {row['queries']} | {row['occluded_fraction']:.2f} | "
+            f"{row['active_fraction']:.3f} | {row['distance_to_clean']:.3f} |"
+        )
+    lines += ["", "| bin | matching | queries | rank-1 | mAP |", "|---|---|---|---|---|"]
+    for row in result["by_bin"]:
+        lines.append(
+            f"| {row['bin']} | {row['matching']} | {row['queries']} | {100 * row['rank-1']:.1f} | "
+            f"{100 * row['mAP']:.1f} |"
+        )
+    return "\n".join(lines)
