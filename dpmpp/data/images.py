@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def _open(handle, name: str, max_pixels: int) -> Image.Image:
     try:
-        image = Image.open(handle)
+        with warnings.catch_warnings():  # our own pixel limit below is stricter than PIL's bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)
         if image.width * image.height > max_pixels:
             raise ImageLoadError(
                 f"{name}: {image.width}x{image.height} is larger than the limit of {max_pixels} pixels; "
