@@ -27,9 +27,10 @@ from dpmpp.config import load_preset, preset_names
 from dpmpp.data.datasets import dataset_names, load_split
 from dpmpp.data.images import ImageLoadError, load_image
 from dpmpp.data.occluders import PasteParams, load_bank, paint, paste
-from dpmpp.engine.checkpoint import CheckpointError, read_config, weights_hash
+from dpmpp.engine.checkpoint import CheckpointError, weights_hash
 from dpmpp.explorer import BenchmarkExplorer, build_prototype_map
 from dpmpp.jobs import TrainingJobs
+from dpmpp.model_card import model_card_markdown
 from dpmpp.paths import ASSETS, CHECKPOINTS, DEFAULT_CHECKPOINT
 from dpmpp.viz.curves import cmc_figure, loss_figure, occlusion_bins_figure
 from dpmpp.viz.mask_plots import contributions, mask_bars
@@ -207,31 +208,7 @@ def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.nda
 def model_card(checkpoint: str) -> str:
     if checkpoint == HSV:
         return "### HSV colour floor\nPer-stripe HSV histograms, no learning: the floor every model must beat."
-    config, meta = read_config(checkpoint)
-    import json
-
-    metrics_path = Path(checkpoint) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    lines = [
-        f"### {Path(checkpoint).name}",
-        f"- preset **{config.preset}**, open_clip `{config.model.clip_model}` "
-        f"(pretrained: {config.model.pretrained or 'none, random init'}), input {meta['image_size']}",
-        f"- trained on **{meta.get('dataset')}**: {meta.get('train_images', '?')} images, "
-        f"{meta['num_classes']} identities, {meta.get('num_cameras')} cameras (tracks)",
-        f"- stage 1 {config.train.stage1_epochs} epochs, stage 2 {config.train.epochs} epochs, "
-        f"{metrics.get('train_seconds', '?')} s of training; weights sha256 {weights_hash(checkpoint)}",
-        f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
-        f"{'on' if config.model.use_text_stage else 'off'}, patch transfer "
-        f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
-        f", class-ignoring {'on' if config.aug.class_ignoring else 'off'}",
-    ]
-    for split, results in metrics.get("final", {}).items():
-        for mode, m in results.items():
-            lines.append(
-                f"- {split}, {mode}: rank-1 {100 * m['rank1']:.1f}, mAP {100 * m['mAP']:.1f}, "
-                f"mINP {100 * m['mINP']:.1f}"
-            )
-    return "\n".join(lines)
+    return model_card_markdown(checkpoint)
 
 
 def _image(view: dict, which: str) -> np.ndarray:

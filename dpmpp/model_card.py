@@ -1,0 +1,35 @@
+"""The model card of a checkpoint folder, as Markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dpmpp.engine.checkpoint import read_config, weights_hash
+
+
+def model_card_markdown(checkpoint: str | Path) -> str:
+    """A model card in Markdown: preset, training data and time, weights hash, switches, final metrics."""
+    config, meta = read_config(checkpoint)
+    metrics_path = Path(checkpoint) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    lines = [
+        f"### {Path(checkpoint).name}",
+        f"- preset **{config.preset}**, open_clip `{config.model.clip_model}` "
+        f"(pretrained: {config.model.pretrained or 'none, random init'}), input {meta['image_size']}",
+        f"- trained on **{meta.get('dataset')}**: {meta.get('train_images', '?')} images, "
+        f"{meta['num_classes']} identities, {meta.get('num_cameras')} cameras (tracks)",
+        f"- stage 1 {config.train.stage1_epochs} epochs, stage 2 {config.train.epochs} epochs, "
+        f"{metrics.get('train_seconds', '?')} s of training; weights sha256 {weights_hash(checkpoint)}",
+        f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
+        f"{'on' if config.model.use_text_stage else 'off'}, patch transfer "
+        f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
+        f", class-ignoring {'on' if config.aug.class_ignoring else 'off'}",
+    ]
+    for split, results in metrics.get("final", {}).items():
+        for mode, m in results.items():
+            lines.append(
+                f"- {split}, {mode}: rank-1 {100 * m['rank1']:.1f}, mAP {100 * m['mAP']:.1f}, "
+                f"mINP {100 * m['mINP']:.1f}"
+            )
+    return "\n".join(lines)
