@@ -161,9 +161,12 @@ def cmd_bench(args) -> int:
 
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
         seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-        methods = ["DPM++ full"] if args.quick else list(TRAINED)
+        methods = args.methods or (["DPM++ full"] if args.quick else list(TRAINED))
+        unknown = [m for m in methods if m not in TRAINED]
+        if unknown:
+            raise SystemExit(f"unknown --methods {unknown}; expected some of {list(TRAINED)}")
         out = Path(args.out or ("bench/results/accuracy_quick.csv" if args.quick else "bench/results/accuracy.csv"))
-        rows = run(out, seeds, epochs, methods)
+        rows = run(out, seeds, epochs, methods, args.jobs, args.device)
         print(f"results: {out}")
         print(summary_table(rows))
         return 0
@@ -231,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
     bench.add_argument("--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row")
+    bench.add_argument("--jobs", type=int, default=1, help="accuracy: rows trained at once (processes)")
+    bench.add_argument("--methods", nargs="+", default=None, help="accuracy: only these trained rows (by name)")
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--out", default=None, help="speed: also write JSON here; accuracy: the CSV to fill")

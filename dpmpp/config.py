@@ -59,12 +59,16 @@ class LossCfg:
     label_smoothing: float = 0.1
     triplet_weight: float = 1.0  # batch-hard triplet on x and p
     triplet_margin: float | None = 0.3  # None: soft margin
+    masked_pair_weight: float = 0.0  # (R) the test-time masked metric on the batch's (anchor, other) pairs
+    masked_pair_scale: float = 30.0
+    masked_pair_margin: float = 0.3
     orth_weight: float = 0.1  # head orthogonality on the last block's CLS->patch attention
     align_weight: float = 0.0  # lambda_a * mean(1 - cos(w_c, t_c)) (R)
     saliency_weight: float = 1.0  # total weight of the saliency-selection losses
     saliency_keep: float = 0.3  # target fraction of kept patches
     saliency_ratio_weight: float = 50.0
     saliency_overlap_weight: float = 0.1
+    saliency_person_weight: float = 1.0  # BCE of the saliency head against the dataset's person masks, if it has any
 
 
 @dataclass
@@ -77,6 +81,7 @@ class AugCfg:
     class_ignoring: bool = True  # partner identity excluded from CE logits and triplet negatives
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = 0.5  # binarisation of the saliency map
+    saliency_source: str = "auto"  # "auto": the dataset's person masks when it has them, else the head; "head"
     warmup_epochs: int = 1  # no transfer while the saliency head has not learnt anything
 
 

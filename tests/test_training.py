@@ -195,3 +195,21 @@ def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(small_data, tm
     full, resumed = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "killed/model.safetensors")
     for key in full:  # resuming at an epoch boundary repeats the uninterrupted run
         torch.testing.assert_close(full[key], resumed[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_person_masks_reach_the_saliency_loss_only_where_the_dataset_has_them(fast_config, tmp_path):
+    assert Trainer(fast_config, tmp_path / "subset").person_masks() is None  # a manifest without a background
+
+    def first_step(overrides: list[str]):
+        config = apply_overrides(load_preset("tiny"), overrides)
+        stage = Trainer(config, tmp_path / "pets09").stage2()
+        batch = next(iter(stage.batches(1)))  # epoch 1: patch transfer is on
+        return batch, stage.compute(batch)[0]
+
+    batch, losses = first_step([])
+    assert batch["person"].shape == (len(batch["image"]), 1, 128, 64)
+    assert "saliency_person" in losses and torch.isfinite(losses["saliency_person"])
+    batch, losses = first_step(["aug.saliency_source=head", "loss.saliency_person_weight=0"])
+    assert "person" not in batch and "saliency_person" not in losses
+    with pytest.raises(ValueError, match="saliency_source"):
+        first_step(["aug.saliency_source=grabcut"])

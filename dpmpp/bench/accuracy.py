@@ -9,12 +9,16 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dpmpp.bench.peers import OSNET, train_osnet
 from dpmpp.config import Config, apply_overrides, load_preset
 from dpmpp.data.datasets import load_split
 from dpmpp.data.images import load_image
@@ -25,11 +29,13 @@ SPLITS = ("pets09_occ", "pets09_holistic")
 COLUMNS = (
     ["method", "seed", "epochs"]
     + [f"{s}_{m}" for s in ("occ", "holistic") for m in ("rank1", "mAP", "mINP")]
-    + ["train_seconds"]
+    + ["train_seconds", "device"]
 )
 NO_SALIENCY = ["model.saliency_head=false", "aug.patch_transfer=false", "loss.orth_weight=0"]
 # Trained rows: config overrides on the tiny preset. The "mask off" row re-evaluates the full model's checkpoint.
+# None: a peer's own training code (dpmpp/bench/peers.py) on the same batches, input size and epochs.
 TRAINED = {
+    OSNET: None,
     "ID + triplet (our backbone)": [
         "model.use_mask=false",
         "model.use_text_stage=false",
@@ -46,12 +52,22 @@ TRAINED = {
     "DPM++ without patch transfer": ["aug.patch_transfer=false"],
     "DPM++ without pairing / class-ignoring": ["aug.occlusion_pairing=false", "aug.class_ignoring=false"],
     "DPM++ full": [],
+    # SPT's own recipe: the unsupervised saliency head guides the transfer (it learns the background here).
+    "DPM++ full, transfer guided by the saliency head": ["aug.saliency_source=head", "loss.saliency_person_weight=0"],
+    "DPM++ full + masked pair loss (R)": ["loss.masked_pair_weight=1"],
 }
 MASK_OFF = "DPM++ full, test-time mask off"
 
 
-def _row(method: str, seed, epochs, occ: dict, holistic: dict, seconds: float) -> dict:
-    row = {"method": method, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1)}
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def _row(method: str, seed, epochs, occ: dict, holistic: dict, seconds: float, device: str = "") -> dict:
+    row = {"method": method, "seed": seed, "epochs": epochs, "train_seconds": round(seconds, 1), "device": device}
     for prefix, metrics in (("occ", occ), ("holistic", holistic)):
         for key in ("rank1", "mAP", "mINP"):
             row[f"{prefix}_{key}"] = round(100 * metrics[key], 2)
@@ -108,12 +124,18 @@ def no_learning_rows() -> list[dict]:
 
     rows = []
     hsv = _evaluate_features("hsv", lambda paths: hsv_stripe_features([load_image(p) for p in paths]))
-    rows.append(_row("HSV stripes (no learning)", "-", 0, hsv["pets09_occ"], hsv["pets09_holistic"], 0.0))
+    rows.append(_row("HSV stripes (no learning)", "-", 0, hsv["pets09_occ"], hsv["pets09_holistic"], 0.0, "CPU"))
     try:
         mobile = _evaluate_features("mobilenet", mobilenet_features)
         rows.append(
             _row(
-                "ImageNet MobileNetV2 (no re-ID training)", "-", 0, mobile["pets09_occ"], mobile["pets09_holistic"], 0.0
+                "ImageNet MobileNetV2 (no re-ID training)",
+                "-",
+                0,
+                mobile["pets09_occ"],
+                mobile["pets09_holistic"],
+                0.0,
+                "CPU",
             )
         )
     except RuntimeError as error:
@@ -121,26 +143,46 @@ def no_learning_rows() -> list[dict]:
     return rows
 
 
-def trained_rows(method: str, seed: int, epochs: int, out_dir: Path) -> list[dict]:
+def trained_rows(
+    method: str, seed: int, epochs: int, out_dir: Path, device: str | None = None, threads: int | None = None
+) -> list[dict]:
+    from dpmpp.engine.distributed import pick_device
     from dpmpp.engine.train import train
 
+    if threads:
+        torch.set_num_threads(threads)
+    where = pick_device(device)
+    name = device_name(where)
+    if TRAINED[method] is None:
+        occ, holistic, seconds = train_osnet(load_preset("tiny"), seed, epochs, where)
+        return [_row(method, seed, epochs, occ, holistic, seconds, name)]
     config: Config = apply_overrides(load_preset("tiny"), list(TRAINED[method]))
     config.train.seed, config.train.epochs, config.train.eval_every = seed, epochs, 0
-    folder = out_dir / f"{method.replace(' ', '_').replace('/', '')}_seed{seed}"
+    folder = out_dir / f"{method.replace(' ', '_').replace('/', '').replace(',', '')}_seed{seed}"
     started = time.perf_counter()
-    final = train(config, folder)["final"]
+    final = train(config, folder, device=str(where))["final"]
     seconds = time.perf_counter() - started
     mode = "masked" if "masked" in final["pets09_occ"] else "unmasked"
-    rows = [_row(method, seed, epochs, final["pets09_occ"][mode], final["pets09_holistic"][mode], seconds)]
+    rows = [_row(method, seed, epochs, final["pets09_occ"][mode], final["pets09_holistic"][mode], seconds, name)]
     if method == "DPM++ full":
-        rows.append(
-            _row(MASK_OFF, seed, epochs, final["pets09_occ"]["unmasked"], final["pets09_holistic"]["unmasked"], 0.0)
-        )
+        occ, holistic = final["pets09_occ"]["unmasked"], final["pets09_holistic"]["unmasked"]
+        rows.append(_row(MASK_OFF, seed, epochs, occ, holistic, 0.0, name))
     return rows
 
 
-def run(out_csv: Path, seeds: list[int], epochs: int, methods: list[str] | None = None) -> list[dict]:
-    """Fill `out_csv`, skipping (method, seed) pairs it already holds; returns all rows."""
+def run(
+    out_csv: Path,
+    seeds: list[int],
+    epochs: int,
+    methods: list[str] | None = None,
+    jobs: int = 1,
+    device: str | None = None,
+) -> list[dict]:
+    """Fill `out_csv`, skipping (method, seed) pairs it already holds; returns all rows.
+
+    `jobs` > 1 trains that many rows at once in separate processes (for a machine with many cores or a GPU);
+    each row is appended as it finishes.
+    """
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     done = read_rows(out_csv)
     have = {(r["method"], str(r["seed"])) for r in done}
@@ -157,12 +199,23 @@ def run(out_csv: Path, seeds: list[int], epochs: int, methods: list[str] | None 
 
     if ("HSV stripes (no learning)", "-") not in have:
         append(no_learning_rows())
-    for method in methods or list(TRAINED):
-        for seed in seeds:
-            if (method, str(seed)) in have:
-                continue
+    todo = [(m, s) for m in methods or list(TRAINED) for s in seeds if (m, str(s)) not in have]
+    runs = out_csv.parent / "runs"
+    if jobs <= 1:
+        for method, seed in todo:
             logger.info("training %s, seed %d, %d epochs", method, seed, epochs)
-            append(trained_rows(method, seed, epochs, out_csv.parent / "runs"))
+            append(trained_rows(method, seed, epochs, runs, device))
+        return done
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {pool.submit(trained_rows, m, s, epochs, runs, device, threads): (m, s) for m, s in todo}
+        for future in as_completed(futures):
+            method, seed = futures[future]
+            try:
+                append(future.result())
+            except Exception:  # one failed row must not lose the others
+                logger.exception("row %s, seed %d failed", method, seed)
     return done
 
 
@@ -175,7 +228,10 @@ def read_rows(path: Path) -> list[dict]:
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown: mean ± std over seeds per method."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    order = ["HSV stripes (no learning)", "ImageNet MobileNetV2 (no re-ID training)"]
+    for method in TRAINED:
+        order += [method, MASK_OFF] if method == "DPM++ full" else [method]
+    methods = sorted(dict.fromkeys(r["method"] for r in rows), key=lambda m: order.index(m) if m in order else 99)
     lines = [
         "| method | seeds | occluded rank-1 | occluded mAP | occluded mINP | holistic rank-1 | holistic mAP | "
         "train s |",

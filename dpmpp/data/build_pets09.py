@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dpmpp.atomic import write_text
+from dpmpp.atomic import atomic_path, write_text
 from dpmpp.data.build_occluders import clear_scene_frame, write_bank
+from dpmpp.data.foreground import BACKGROUND, median_background
 from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occlusion
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ HOLISTIC_MAX_OCCLUSION = 0.02
 TRAIN_FRAME_STEP = 2  # consecutive frames are near duplicates; keep every 2nd for training
 GALLERY_FRAME_STEP = 2
 JPEG_QUALITY = 92
+BACKGROUND_EVERY = 4  # the median background is taken over every 4th frame of the video
 MANIFEST_COLUMNS = [
     "path",
     "pid",
@@ -174,11 +176,16 @@ def build(
         raise ValueError(f"cannot decode video {video}; expected the PETS09-S2L1 vtest.avi (needs opencv's FFmpeg)")
     frame_number = 0
     last_frame = max(max(wanted, default=0), scene_frame)
-    while frame_number < last_frame:
+    background_frames = []  # every BACKGROUND_EVERY-th frame of the whole video -> median background
+    while True:
         ok, frame_bgr = capture.read()
         if not ok:
-            raise ValueError(f"{video} ended at frame {frame_number}; the ground truth needs frame {last_frame}")
+            if frame_number < last_frame:
+                raise ValueError(f"{video} ended at frame {frame_number}; the ground truth needs frame {last_frame}")
+            break
         frame_number += 1  # gt frame f is the f-th decoded frame
+        if frame_number % BACKGROUND_EVERY == 0:
+            background_frames.append(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
         if frame_number == scene_frame:
             scene_rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
         for row in wanted.get(frame_number, []):
@@ -188,6 +195,8 @@ def build(
             crop(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB), row).save(buffer, format="JPEG", quality=JPEG_QUALITY)
             path.write_bytes(buffer.getvalue())
     capture.release()
+    with atomic_path(out / BACKGROUND) as tmp:
+        Image.fromarray(median_background(background_frames)).save(tmp, format="PNG", optimize=True)
     write_bank(scene_rgb, scene_frame, rows, out)
     write_text(out / "manifest.csv", manifest_text(rows))
     logger.info("wrote %d crops and %s", len(rows), out / "manifest.csv")

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dpmpp.config import Config
 from dpmpp.data.dataset import ImageDataset
 from dpmpp.data.datasets import load_split
-from dpmpp.data.patch_transfer import SaliencyPatchTransfer
+from dpmpp.data.foreground import PersonMasks
+from dpmpp.data.patch_transfer import SaliencyPatchTransfer, compose
 from dpmpp.data.records import Split
 from dpmpp.data.samplers import PKBatchSampler
 from dpmpp.data.transforms import build_transforms
@@ -160,6 +162,7 @@ class Trainer:
                 erasing_prob=data.erasing_prob,
             ),
             self.pid_map,
+            self.person_masks(),
         )
         sampler = PKBatchSampler(
             [r.pid for r in self.split.train],
@@ -215,10 +218,17 @@ class Trainer:
             images, pids = batch["image"].to(self.device), batch["pid"].to(self.device)
             camids = batch["camid"].to(self.device)
             mixed = partner_pid = None
+            person = batch["person"].to(self.device) if "person" in batch else None  # [B, 1, H, W]
             if transfer.enabled and epoch_box[0] >= aug.warmup_epochs:
-                result = transfer(images, self.model.saliency(images, camids), pids)
+                if person is not None and aug.saliency_source == "auto":
+                    guide = F.avg_pool2d(person, tuple(patch)).squeeze(1)
+                else:
+                    guide = self.model.saliency(images, camids)
+                result = transfer(images, guide, pids)
                 images, mixed = result.images, result.mixed
                 partner_pid = result.partner_pid if aug.class_ignoring else None
+                if person is not None:  # the mixed image's person mask, composed like its pixels
+                    person = compose(person, result.partner, result.shift, result.region, tuple(patch))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = network(images, camids, extras=True)
             losses = stage2_losses(
@@ -230,6 +240,7 @@ class Trainer:
                 mixed=mixed,
                 partner_pid=partner_pid,
                 holistic_positives=aug.holistic_positives,
+                person=F.avg_pool2d(person, tuple(patch)).squeeze(1) if person is not None else None,
             )
             logits = out.masked_logits if out.masked_logits is not None else out.logits
             accuracy = float((logits.argmax(1) == pids).float().mean()) if logits is not None else None
@@ -253,6 +264,16 @@ class Trainer:
             grad_clip=cfg.grad_clip,
             on_epoch_end=on_epoch_end,
         )
+
+    def person_masks(self) -> PersonMasks | None:
+        """The dataset's person masks, when it has them and the saliency head or patch transfer will use them."""
+        aug, loss = self.config.aug, self.config.loss
+        if aug.saliency_source not in ("auto", "head"):
+            raise ValueError(f"aug.saliency_source must be 'auto' or 'head'; got {aug.saliency_source!r}")
+        if self.model.saliency_head is None:
+            return None
+        wanted = aug.saliency_source == "auto" or loss.saliency_person_weight > 0
+        return PersonMasks.for_root(data_root(self.config)) if wanted else None
 
     # ----- evaluation and checkpoints -----------------------------------------------------------------------
     def evaluate(self, split: Split | None = None) -> dict:

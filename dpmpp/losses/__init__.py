@@ -8,7 +8,7 @@ import torch
 
 from dpmpp.config import LossCfg
 from dpmpp.losses.classification import arcface_logits, smoothed_cross_entropy
-from dpmpp.losses.metric import batch_hard_triplet, pair_masks, supervised_contrastive
+from dpmpp.losses.metric import batch_hard_triplet, masked_pair_loss, pair_masks, supervised_contrastive
 from dpmpp.losses.regularisers import head_orthogonality, prototype_alignment, saliency_selection
 
 __all__ = ["stage1_losses", "stage2_losses", "loss_weights"]
@@ -32,8 +32,13 @@ def stage2_losses(
     mixed: torch.Tensor | None = None,
     partner_pid: torch.Tensor | None = None,
     holistic_positives: bool = False,
+    person: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring."""
+    """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring.
+
+    `person` [B, h, w]: the fraction of each patch that shows a person (the dataset's masks, after transfer);
+    with it, the saliency head is also fitted to those masks.
+    """
     # Losses are computed in float32 whatever precision the forward pass ran in (bf16 autocast on CUDA).
     out = dataclasses.replace(
         out,
@@ -64,6 +69,10 @@ def stage2_losses(
     losses["triplet"] = batch_hard_triplet(out.feat, positives, negatives, cfg.triplet_margin) + batch_hard_triplet(
         out.proj_raw if out.proj_raw is not None else out.proj, positives, negatives, cfg.triplet_margin
     )
+    if out.mask is not None and cfg.masked_pair_weight > 0:
+        losses["masked_pair"] = masked_pair_loss(
+            out.proj, out.mask, positives, negatives, cfg.masked_pair_scale, cfg.masked_pair_margin
+        )
     if out.attention is not None:
         losses["orth"] = head_orthogonality(out.attention)
     if cfg.align_weight > 0 and prototypes is not None and text_prototypes is not None:
@@ -74,6 +83,10 @@ def stage2_losses(
                 out.saliency, out.patch_proj, prototypes, labels, cfg.id_scale, cfg.saliency_keep, ignore
             )
         )
+        if person is not None:
+            losses["saliency_person"] = torch.nn.functional.binary_cross_entropy(
+                out.saliency.clamp(1e-6, 1 - 1e-6), person.float()
+            )
     return losses
 
 
@@ -85,9 +98,11 @@ def loss_weights(cfg: LossCfg) -> dict[str, float]:
         "arcface": cfg.arcface_weight,
         "i2t": cfg.i2t_weight,
         "triplet": cfg.triplet_weight,
+        "masked_pair": cfg.masked_pair_weight,
         "orth": cfg.orth_weight,
         "align": cfg.align_weight,
         "saliency_cls": cfg.saliency_weight,
         "saliency_ratio": cfg.saliency_weight * cfg.saliency_ratio_weight,
         "saliency_overlap": cfg.saliency_weight * cfg.saliency_overlap_weight,
+        "saliency_person": cfg.saliency_weight * cfg.saliency_person_weight,
     }

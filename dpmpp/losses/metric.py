@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dpmpp.model.heads import masked_cosine_logits
+
 
 def pair_masks(
     labels: torch.Tensor,
@@ -42,6 +44,30 @@ def batch_hard_triplet(
     if margin is None:
         return F.softplus(hardest_positive - hardest_negative).mean()
     return F.relu(hardest_positive - hardest_negative + margin).mean()
+
+
+def masked_pair_loss(
+    feats: torch.Tensor,
+    masks: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    scale: float = 30.0,
+    margin: float = 0.3,
+) -> torch.Tensor:
+    """The test-time metric, trained on the batch's own pairs (R).
+
+    `s_ij = <f̂_i, normalize(m_i ⊙ f̂_j)>`: anchor i's mask gates every other sample, as the query's mask gates
+    the gallery at test time. Per anchor, `log(1 + Σ_p Σ_n exp(scale·(s_in − s_ip + margin)))` (the pair form
+    of the circle/AM-softmax family), over the positive and negative masks of `pair_masks`.
+    feats [B, D], masks [B, D] -> scalar.
+    """
+    sim = masked_cosine_logits(feats.float(), masks.float(), feats.float())
+    valid = positives.any(1) & negatives.any(1)
+    if not bool(valid.any()):
+        return feats.sum() * 0.0
+    hard_positive = (-scale * sim).masked_fill(~positives, float("-inf")).logsumexp(1)
+    hard_negative = (scale * (sim + margin)).masked_fill(~negatives, float("-inf")).logsumexp(1)
+    return F.softplus(hard_positive + hard_negative)[valid].mean()
 
 
 def supervised_contrastive(
