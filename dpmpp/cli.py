@@ -157,7 +157,7 @@ def cmd_bench(args) -> int:
         print(f"figure: {out / 'masks.png'}")
         return 0
     if args.what == "accuracy":
-        from dpmpp.bench.accuracy import TRAINED, run, summary_table
+        from dpmpp.bench.accuracy import MASK_OFF, TRAINED, paired_table, run, summary_table
 
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
         seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
@@ -169,6 +169,10 @@ def cmd_bench(args) -> int:
         rows = run(out, seeds, epochs, methods, args.jobs, args.device)
         print(f"results: {out}")
         print(summary_table(rows))
+        print()
+        print(paired_table(rows))
+        print()
+        print(paired_table([r for r in rows if r["method"] in ("DPM++ full", MASK_OFF)], MASK_OFF))
         return 0
     from dpmpp.atomic import write_json
     from dpmpp.bench.speed import format_tables, run

@@ -250,3 +250,28 @@ def summary_table(rows: list[dict]) -> str:
             f"{cell('holistic_rank1')} | {cell('holistic_mAP')} | {cell('train_seconds')} |"
         )
     return "\n".join(lines)
+
+
+def paired_table(rows: list[dict], reference: str = "CLIP-ReID two stages, no mask") -> str:
+    """Markdown: each trained row minus `reference`, seed by seed (same sampler order), mean ± std over seeds.
+
+    Seed-to-seed spread on a small benchmark is mostly shared by all rows of one seed; the paired difference
+    removes that part.
+    """
+    by_key = {(r["method"], str(r["seed"])): r for r in rows}
+    metrics = ("occ_rank1", "occ_mAP", "occ_mINP", "holistic_mAP")
+    lines = [
+        f"| method − {reference} | seeds | Δ occluded rank-1 | Δ occluded mAP | Δ occluded mINP | Δ holistic mAP |",
+        "|---|---|---|---|---|---|",
+    ]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != reference]
+    for method in methods:
+        seeds = [s for (m, s) in by_key if m == method and (reference, s) in by_key]
+        if not seeds:
+            continue
+        cells = []
+        for key in metrics:
+            diffs = np.array([float(by_key[(method, s)][key]) - float(by_key[(reference, s)][key]) for s in seeds])
+            cells.append(f"{diffs.mean():+.1f}" + (f" ± {diffs.std(ddof=1):.1f}" if len(diffs) > 1 else ""))
+        lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
