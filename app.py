@@ -25,6 +25,7 @@ from dpmpp.api import Pipeline
 from dpmpp.cases import Case, CaseError, read_case
 from dpmpp.config import load_preset, preset_names
 from dpmpp.data.datasets import dataset_names, load_split
+from dpmpp.data.foreground import PersonMasks
 from dpmpp.data.images import ImageLoadError, load_image
 from dpmpp.data.occluders import PasteParams, load_bank, paint, paste
 from dpmpp.engine.checkpoint import CheckpointError, weights_hash
@@ -145,17 +146,31 @@ def query_table_for(checkpoint: str):
 
 
 @lru_cache(maxsize=1)
-def transfer_partners() -> list[str]:
+def partner_records() -> list:
     """Partners for patch transfer: real occluded training crops (their occlusion is what gets transferred)."""
     split = load_split("pets09_occ", BENCHMARK)
-    occluded = [r for r in split.train if float(r.meta.get("occluded_fraction", 0)) >= 0.15]
-    return [r.path for r in occluded]
+    return [r for r in split.train if float(r.meta.get("occluded_fraction", 0)) >= 0.15]
+
+
+def transfer_partners() -> list[str]:
+    return [r.path for r in partner_records()]
+
+
+def partner_source(checkpoint: str) -> str:
+    """Where the partners' person masks come from: as in training, the benchmark's silhouettes when the model
+    was trained with `aug.saliency_source=auto`, else the model's saliency head."""
+    pipeline = explorer_for(checkpoint).pipeline
+    auto = pipeline.config.aug.saliency_source == "auto" and PersonMasks.for_root(BENCHMARK) is not None
+    return "silhouette" if auto else "head"
 
 
 @lru_cache(maxsize=4)
 def partner_saliency_for(checkpoint: str) -> np.ndarray:
-    """Saliency of the fixed partner pool, computed once per model."""
-    return explorer_for(checkpoint).pipeline.saliency(transfer_partners())
+    """Per-patch person maps of the fixed partner pool, computed once per model."""
+    pipeline = explorer_for(checkpoint).pipeline
+    if partner_source(checkpoint) == "silhouette":
+        return pipeline.person_saliency(partner_records(), PersonMasks.for_root(BENCHMARK))
+    return pipeline.saliency(transfer_partners())
 
 
 @lru_cache(maxsize=1)
@@ -307,7 +322,12 @@ def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
     gallery = [
         (enlarge(heat_overlay(result.anchor, result.anchor_saliency)), "query saliency"),
         (enlarge(mask_overlay(result.anchor, result.anchor_mask)), "query person mask"),
-        (enlarge(heat_overlay(result.partner, result.partner_saliency)), "partner saliency"),
+        (
+            enlarge(heat_overlay(result.partner, result.partner_saliency)),
+            "partner silhouette (background subtraction)"
+            if partner_source(checkpoint) == "silhouette"
+            else "partner saliency",
+        ),
         (enlarge(mask_overlay(result.partner, result.partner_mask)), "partner person mask"),
         (enlarge(result.image), "transferred result"),
     ]

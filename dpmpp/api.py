@@ -107,6 +107,19 @@ class Pipeline:
         batch = self.preprocess(images).to(self.device)
         return self.model.saliency(batch).float().cpu().numpy()
 
+    def person_saliency(self, records: Sequence[ReIDRecord], masks) -> np.ndarray:
+        """Per-patch person fraction [N, h, w] in [0, 1] from a dataset's person masks (dpmpp.data.foreground),
+        on the same grid as `saliency()`: what training's patch transfer uses where a dataset has such masks."""
+        height, width = self.image_size
+        ph, pw = self.model.encoder.visual.patch_size
+        grids = []
+        for record in records:
+            image = load_image(record.path)
+            person = torch.from_numpy(masks(record, np.asarray(image))).float()[None, None]
+            person = torch.nn.functional.interpolate(person, size=(height, width), mode="nearest")
+            grids.append(torch.nn.functional.avg_pool2d(person, (ph, pw))[0, 0])
+        return torch.stack(grids).numpy()
+
     def transfer(
         self,
         anchor,

@@ -82,6 +82,7 @@ class AugCfg:
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = 0.5  # binarisation of the saliency map
     saliency_source: str = "auto"  # "auto": the dataset's person masks when it has them, else the head; "head"
+    nearer_persons_occlude: bool = False  # person masks: cut out nearer persons' boxes, so they get transferred
     warmup_epochs: int = 1  # no transfer while the saliency head has not learnt anything
 
 

@@ -45,6 +45,16 @@ def test_paste_then_retrieve_marks_the_change(view):
     assert f"AP {expected:.3f}" in summary.splitlines()[0]  # the as-given query's AP is the metric's
 
 
+def test_transfer_takes_partner_silhouettes_from_the_benchmark(view):
+    import re
+
+    occluded_view, shown, gallery, info = app.occlude_transfer(CHECKPOINT, view, "auto", -1)
+    assert "partner silhouette (background subtraction)" in [caption for _, caption in gallery]
+    # the partner gives its background and occluders, not its person: well under all of the pixels
+    assert int(re.search(r"(\d+)% of the pixels came from the partner", info).group(1)) < 60
+    assert occluded_view["occlusion"]["method"] == "transfer"
+
+
 def test_mask_view_counts_active_dimensions(view):
     occluded_view = app.occlude_paste(view, "pole", 0.5, 0.5, 1.0)[0]
     bars, counts, contribution = app.mask_view(CHECKPOINT, occluded_view, 0.5)

@@ -73,3 +73,40 @@ def test_bundled_masks_travel_with_the_image_through_flip_and_crop():
     # the bundled crops are tight boxes: the person covers a good part of each, never all of it
     fractions = [float(plain[i]["person"].mean()) for i in range(0, len(split.train), 60)]
     assert 0.3 < np.mean(fractions) < 0.85
+
+
+def test_pipeline_person_saliency_is_on_the_saliency_grid():
+    from dpmpp.api import Pipeline
+
+    pipeline = Pipeline.from_checkpoint()
+    split = load_split("pets09_occ", ASSETS / "pets09_occ")
+    records = split.train[:6]
+    grids = pipeline.person_saliency(records, PersonMasks.for_root(ASSETS / "pets09_occ"))
+    assert grids.shape == pipeline.saliency([r.path for r in records]).shape
+    assert grids.min() >= 0 and grids.max() <= 1 and 0.3 < grids.mean() < 0.85
+    # the middle columns of a person crop are person more often than its left and right edges
+    assert grids[:, :, 2:-2].mean() > grids[:, :, [0, -1]].mean()
+
+
+def test_nearer_persons_are_cut_out_as_occluders(tmp_path):
+    background = _scene()
+    (tmp_path / "source").mkdir()
+    Image.fromarray(background).save(tmp_path / "source" / "background.png")
+    with pytest.raises(ValueError, match="ground truth"):
+        PersonMasks.for_root(tmp_path, nearer_persons=True)
+    # frame 7: track 1 (farther, bottom 90) and track 2 (nearer, bottom 110) overlapping its right half;
+    # track 3 is farther still (bottom 60) and must not be cut out
+    (tmp_path / "source" / "gt.txt").write_text(
+        "7,1,50,30,30,60,1,-1,-1,-1\n7,2,65,40,30,70,1,-1,-1,-1\n7,3,40,20,30,40,1,-1,-1,-1\n"
+    )
+    frame = background.copy()
+    frame[30:90, 50:80] = (250, 250, 0)  # the person of track 1
+    frame[40:110, 65:95] = (0, 250, 250)  # the nearer person of track 2, in front
+    meta = {"bbox_left": 50.0, "bbox_top": 30.0, "bbox_width": 30.0, "bbox_height": 60.0, "frame": 7, "track": 1}
+    rows, columns = box_slice(meta, (160, 120))
+    record = ReIDRecord("x.jpg", 1, 1, meta)
+    plain = PersonMasks.for_root(tmp_path)(record, frame[rows, columns])
+    cut = PersonMasks.for_root(tmp_path, nearer_persons=True)(record, frame[rows, columns])
+    assert plain[15:, 20:].mean() > 0.95  # without the boxes, the nearer person counts as foreground
+    assert not cut[10:, 15:].any()  # with them, track 2's box (x >= 65, y >= 40) is not this person
+    assert cut[:8, 5:25].mean() > 0.9 and cut[15:, 3:12].mean() > 0.9  # track 1's own visible part stays

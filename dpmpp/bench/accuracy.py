@@ -55,6 +55,8 @@ TRAINED = {
     # SPT's own recipe: the unsupervised saliency head guides the transfer (it learns the background here).
     "DPM++ full, transfer guided by the saliency head": ["aug.saliency_source=head", "loss.saliency_person_weight=0"],
     "DPM++ full + masked pair loss (R)": ["loss.masked_pair_weight=1"],
+    # Person masks with nearer persons' boxes cut out, so that person-on-person occlusion is transferred too.
+    "DPM++ full, nearer persons transferred as occluders": ["aug.nearer_persons_occlude=true"],
 }
 MASK_OFF = "DPM++ full, test-time mask off"
 

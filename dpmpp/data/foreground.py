@@ -56,21 +56,54 @@ def silhouette(crop: np.ndarray, background: np.ndarray, threshold: int = THRESH
 
 
 class PersonMasks:
-    """`masks(record, crop)` -> bool [h, w] person mask of a crop, from the benchmark's background image."""
+    """`masks(record, crop)` -> bool [h, w] person mask of a crop, from the benchmark's background image.
 
-    def __init__(self, background: np.ndarray, threshold: int = THRESHOLD) -> None:
-        self.background, self.threshold = background, threshold
+    `boxes`: frame -> [(track, x0, y0, x1, y1)] of every annotated person; given, the boxes of persons nearer
+    the camera than the crop's own are removed from its mask.
+    """
+
+    def __init__(
+        self, background: np.ndarray, threshold: int = THRESHOLD, boxes: dict[int, list[tuple]] | None = None
+    ) -> None:
+        self.background, self.threshold, self.boxes = background, threshold, boxes
 
     @classmethod
-    def for_root(cls, root: str | Path) -> "PersonMasks | None":
+    def for_root(cls, root: str | Path, nearer_persons: bool = False) -> "PersonMasks | None":
         """The masks of a dataset folder that carries `source/background.png`, else None."""
         path = Path(root) / BACKGROUND
         if not path.is_file():
             return None
-        return cls(np.asarray(Image.open(path).convert("RGB")))
+        boxes = None
+        if nearer_persons:
+            gt = Path(root) / GROUND_TRUTH
+            if not gt.is_file():
+                raise ValueError(f"cutting out nearer persons needs the ground truth boxes {gt}; it is missing")
+            boxes = _boxes_by_frame(gt)
+        return cls(np.asarray(Image.open(path).convert("RGB")), boxes=boxes)
 
     def __call__(self, record: ReIDRecord, crop: np.ndarray) -> np.ndarray:
         if any(key not in record.meta for key in _BOX_KEYS):
             raise ValueError(f"{record.path}: a person mask needs the manifest's box columns {_BOX_KEYS}")
         rows, columns = box_slice(record.meta, (self.background.shape[1], self.background.shape[0]))
-        return silhouette(crop, self.background[rows, columns], self.threshold)
+        mask = silhouette(crop, self.background[rows, columns], self.threshold)
+        if self.boxes is not None:
+            own_bottom = float(record.meta["bbox_top"]) + float(record.meta["bbox_height"])
+            for track, x0, y0, x1, y1 in self.boxes.get(int(record.meta["frame"]), []):
+                if track != int(record.meta["track"]) and y1 > own_bottom:  # nearer the camera: an occluder
+                    a0, a1 = max(x0 - columns.start, 0), max(x1 - columns.start, 0)
+                    b0, b1 = max(y0 - rows.start, 0), max(y1 - rows.start, 0)
+                    mask[b0:b1, a0:a1] = False
+        return mask
+
+
+GROUND_TRUTH = Path("source") / "gt.txt"
+
+
+def _boxes_by_frame(gt: Path) -> dict[int, list[tuple]]:
+    """MOT gt.txt (conf 1 rows) -> frame -> [(track, x0, y0, x1, y1)] in integer pixels, as the crops round."""
+    rows = np.loadtxt(gt, delimiter=",", ndmin=2)
+    boxes: dict[int, list[tuple]] = {}
+    for r in rows[rows[:, 6] == 1]:
+        x0, y0 = int(round(r[2])), int(round(r[3]))
+        boxes.setdefault(int(r[0]), []).append((int(r[1]), x0, y0, int(round(r[2] + r[4])), int(round(r[3] + r[5]))))
+    return boxes

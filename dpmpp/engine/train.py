@@ -273,7 +273,7 @@ class Trainer:
         if self.model.saliency_head is None:
             return None
         wanted = aug.saliency_source == "auto" or loss.saliency_person_weight > 0
-        return PersonMasks.for_root(data_root(self.config)) if wanted else None
+        return PersonMasks.for_root(data_root(self.config), aug.nearer_persons_occlude) if wanted else None
 
     # ----- evaluation and checkpoints -----------------------------------------------------------------------
     def evaluate(self, split: Split | None = None) -> dict:
