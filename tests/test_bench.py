@@ -42,3 +42,18 @@ def test_paired_differences_remove_the_shared_seed_effect():
     assert "| 2 | +2.5 ± 0.7 | +2.5 ± 2.1 |" in full  # rank-1 diffs (2, 3); mAP diffs (1, 4)
     off = next(line for line in table.splitlines() if line.startswith(f"| {MASK_OFF} |"))
     assert "| 1 | +1.0 | +0.0 |" in off  # only seed 0 has both rows
+
+
+def test_partial_spearman_removes_a_shared_cause():
+    import numpy as np
+
+    from dpmpp.bench.masks import partial_spearman
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=400)
+    x, y = z + 0.3 * rng.normal(size=400), z + 0.3 * rng.normal(size=400)  # related only through z
+    rho, p = partial_spearman(x, y, z)
+    assert abs(rho) < 0.15 and p > 0.01
+    y_direct = y + 2 * x
+    rho, p = partial_spearman(x, y_direct, z)
+    assert rho > 0.5 and p < 1e-6

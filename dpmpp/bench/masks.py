@@ -40,6 +40,17 @@ def mask_table(explorer: BenchmarkExplorer, threshold: float = 0.5) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+def partial_spearman(x, y, z) -> tuple[float, float]:
+    """Spearman correlation of x and y with z's (rank) effect removed, and its two-sided p-value (t, n − 3 df)."""
+    from scipy.stats import t as student_t
+
+    r_xy, r_xz, r_yz = spearmanr(x, y)[0], spearmanr(x, z)[0], spearmanr(y, z)[0]
+    rho = (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+    dof = len(x) - 3
+    t_stat = rho * np.sqrt(dof / max(1e-12, 1 - rho**2))
+    return float(rho), float(2 * student_t.sf(abs(t_stat), dof))
+
+
 def analyse(explorer: BenchmarkExplorer) -> dict:
     if not explorer.has_mask:
         raise ValueError("this checkpoint has no mask generator")
@@ -49,6 +60,7 @@ def analyse(explorer: BenchmarkExplorer) -> dict:
     near = table[table["frames_apart"] <= 6]  # rules out a drift with time between query and counterpart
     rho_near = spearmanr(near["occluded_fraction"], near["distance_to_clean"])
     rho_frames = spearmanr(table["frames_apart"], table["distance_to_clean"])
+    partial = partial_spearman(table["occluded_fraction"], table["distance_to_clean"], table["frames_apart"])
     by_type = table.groupby("occluder")[["occluded_fraction", "active_fraction", "distance_to_clean"]].mean()
     by_type["queries"] = table.groupby("occluder").size()
     return {
@@ -61,6 +73,8 @@ def analyse(explorer: BenchmarkExplorer) -> dict:
             len(near),
         ),
         "spearman_distance_vs_frames_apart": (float(rho_frames.statistic), float(rho_frames.pvalue)),
+        "spearman_occlusion_vs_frames_apart": float(spearmanr(table["occluded_fraction"], table["frames_apart"])[0]),
+        "partial_spearman_distance_vs_occlusion_given_frames": partial,
         "active_fraction_occluded_mean": float(table["active_fraction"].mean()),
         "active_fraction_clean_mean": float(table["clean_active_fraction"].mean()),
         "by_occluder": by_type.round(3).reset_index().to_dict(orient="records"),
@@ -126,7 +140,11 @@ def format_report(result: dict) -> str:
         f"  control: with the counterpart at most 6 frames away, ρ = "
         f"{result['spearman_distance_vs_occlusion_within_6_frames'][0]:.3f} "
         f"(n = {result['spearman_distance_vs_occlusion_within_6_frames'][2]}); "
-        f"ρ(frames apart, mask distance) = {result['spearman_distance_vs_frames_apart'][0]:.3f}",
+        f"ρ(frames apart, mask distance) = {result['spearman_distance_vs_frames_apart'][0]:.3f}; "
+        f"ρ(occluded fraction, frames apart) = {result['spearman_occlusion_vs_frames_apart']:.3f}",
+        "  partial ρ(occluded fraction, mask distance | frames apart) = "
+        f"{result['partial_spearman_distance_vs_occlusion_given_frames'][0]:.3f} "
+        f"(p = {result['partial_spearman_distance_vs_occlusion_given_frames'][1]:.2g})",
         f"Spearman ρ(occluded fraction, active fraction) = {a[0]:.3f} (p = {a[1]:.2g})",
         f"mean active fraction: occluded queries {result['active_fraction_occluded_mean']:.3f}, "
         f"their clean counterparts {result['active_fraction_clean_mean']:.3f}",
