@@ -66,7 +66,7 @@ def test_masked_pair_loss_matches_a_loop_and_trains_the_mask():
     loss = masked_pair_loss(feats, masks, positives, negatives, scale=10.0, margin=0.2)
 
     def masked_cos(i, j):  # the test-time metric: i's mask gates j
-        f, g, m = feats[i] / feats[i].norm(), feats[j] / feats[j].norm(), masks[i]
+        f, g, m = feats[i] / feats[i].norm(), feats[j] / feats[j].norm(), masks[i].detach()
         return float((f * m * g).sum() / (m * g).norm())
 
     reference = []
@@ -79,7 +79,7 @@ def test_masked_pair_loss_matches_a_loop_and_trains_the_mask():
             if negatives[i, n]
         ]
         reference.append(math.log1p(sum(terms)))
-    assert math.isclose(float(loss), sum(reference) / 6, rel_tol=1e-5)
+    assert math.isclose(loss.item(), sum(reference) / 6, rel_tol=1e-5)
     loss.backward()
     assert masks.grad is not None and float(masks.grad.abs().sum()) > 0
 
