@@ -142,6 +142,8 @@ class Config:
             target = getattr(config, section, None)
             if target is None or not dataclasses.is_dataclass(target):
                 raise ValueError(f"unknown config section {section!r}; expected one of {_sections()}")
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {section!r} must be an object of fields; got {values!r}")
             for key, value in values.items():
                 _set_field(target, section, key, value)
         return config

@@ -81,6 +81,15 @@ def test_fuzz_checkpoint_loader_raises_only_checkpoint_error(tmp_path_factory, w
         Pipeline.from_checkpoint(folder, device="cpu")
 
 
+@pytest.mark.parametrize("text", ["1", "[]", '"meta"', '{"meta": 3}', '{"meta": {}, "data": 5}', '{"data": {}}'])
+def test_config_json_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, text):
+    folder = tmp_path / "odd"
+    shutil.copytree(DEFAULT_CHECKPOINT, folder)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match="not a dpmpp config"):
+        Pipeline.from_checkpoint(folder, device="cpu")
+
+
 def test_app_keeps_its_model_when_a_checkpoint_is_bad(tmp_path):
     import app
 

@@ -54,6 +54,8 @@ def read_config(folder: str | Path) -> tuple[Config, dict]:
         raise CheckpointError(f"{folder}: missing {missing}; a checkpoint folder holds {CONFIG}, {WEIGHTS}, {METRICS}")
     try:
         data = json.loads((folder / CONFIG).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("meta"), dict):
+            raise ValueError("expected a JSON object with a 'meta' object beside the config sections")
         meta = data.pop("meta")
         return Config.from_dict(data), meta
     except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
