@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import tempfile
 import threading
 import time
@@ -21,71 +20,28 @@ import numpy as np
 import plotly
 from PIL import Image
 
-from dpmpp.api import Pipeline
-from dpmpp.cases import Case, CaseError, read_case
-from dpmpp.config import load_preset, preset_names
+from dpmpp.api import Pipeline, install_checkpoint, safe_name
+from dpmpp.cases import CaseError, build_case, read_case
+from dpmpp.config import preset_names
 from dpmpp.data.datasets import dataset_names, load_split
 from dpmpp.data.foreground import PersonMasks
 from dpmpp.data.images import ImageLoadError, load_image
 from dpmpp.data.occluders import PasteParams, load_bank, paint, paste
 from dpmpp.engine.checkpoint import CheckpointError, weights_hash
 from dpmpp.explorer import BenchmarkExplorer, build_prototype_map
-from dpmpp.jobs import TrainingJobs
+from dpmpp.jobs import COMPONENTS, TrainingJobs, training_config
 from dpmpp.model_card import model_card_markdown
 from dpmpp.paths import ASSETS, CHECKPOINTS, DEFAULT_CHECKPOINT
 from dpmpp.viz.curves import cmc_figure, loss_figure, occlusion_bins_figure
 from dpmpp.viz.mask_plots import contributions, mask_bars
 from dpmpp.viz.overlays import enlarge, heat_overlay, mask_overlay
 from dpmpp.viz.rank_strip import rank_strip
-from dpmpp.viz.umap_plot import umap_figure
+from dpmpp.viz.umap_plot import UMAP_JS, UMAP_TEMPLATE, umap_figure
 
 logger = logging.getLogger("dpmpp.app")
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: no CDN
-UMAP_TEMPLATE = (
-    "<div class='umap-wrap' style='position:relative'><div class='umap-plot' style='height:560px'></div>"
-    "<div class='umap-thumb' style='position:absolute;display:none;pointer-events:none;background:#fff;"
-    "border:1px solid #888;padding:2px;z-index:10'></div></div>"
-)
-# Draws the Plotly figure in props.value (redrawn when its version changes); hover shows the crop, a click asks
-# Python for nearest neighbours, a lasso or box selection fills the linked grid.
-UMAP_JS = """
-let shown = -1;
-function send(event) { props.value = {...props.value, event: event}; trigger('submit'); }
-function draw() {
-  const v = props.value;
-  if (!v || !v.figure || v.version === shown || !window.Plotly) return;
-  shown = v.version;
-  const fig = JSON.parse(v.figure);
-  const div = element.querySelector('.umap-plot');
-  const thumb = element.querySelector('.umap-thumb');
-  Plotly.react(div, fig.data, fig.layout, {displaylogo: false});
-  if (div._dpmpp) return;
-  div._dpmpp = true;
-  div.on('plotly_hover', (e) => {
-    const p = e.points[0]; const url = (props.value.thumbs || [])[p.customdata[0]];
-    if (!url) return;
-    thumb.innerHTML = `<img src="${url}" style="height:128px;display:block">`;
-    thumb.style.left = (e.event.offsetX + 16) + 'px'; thumb.style.top = (e.event.offsetY + 16) + 'px';
-    thumb.style.display = 'block';
-  });
-  div.on('plotly_unhover', () => { thumb.style.display = 'none'; });
-  div.on('plotly_click', (e) => send({type: 'click', point: e.points[0].customdata[0]}));
-  div.on('plotly_selected', (e) => {
-    if (e && e.points.length) send({type: 'select', points: e.points.map((p) => p.customdata[0])});
-  });
-}
-setInterval(draw, 250);
-"""
 BENCHMARK = ASSETS / "pets09_occ"
 HSV = "HSV colour floor (no model)"
-COMPONENTS = (
-    "dynamic mask",
-    "text stage",
-    "patch transfer",
-    "occlusion-aware pairing",
-    "class-ignoring",
-    "head orthogonality",
-)  # the training switches offered in the Model tab
 SETTINGS = {"checkpoint_dir": CHECKPOINTS, "data_root": None}
 JOBS = TrainingJobs()
 
@@ -244,35 +200,13 @@ def load_model(checkpoint: str):
     return checkpoint, card, gr.update(choices=choices, value=choices[0][1])
 
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "text_prototypes.safetensors", "metrics.json")
-
-
 def upload_checkpoint(files, name: str):
     """Save uploaded checkpoint files as a new folder under the checkpoint dir, only if they load as a model."""
-    paths = [Path(f if isinstance(f, (str, Path)) else f.name) for f in (files or [])]
-    by_name = {p.name: p for p in paths}
-    missing = [n for n in ("config.json", "model.safetensors") if n not in by_name]
-    if missing:
-        raise gr.Error(f"Upload a checkpoint's files: {', '.join(CHECKPOINT_FILES[:2])} at least; missing {missing}.")
-    unexpected = sorted(set(by_name) - set(CHECKPOINT_FILES))
-    if unexpected:
-        raise gr.Error(f"Unexpected files {unexpected}; a checkpoint holds {', '.join(CHECKPOINT_FILES)}.")
-    safe = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_") or "uploaded"
-    root = Path(SETTINGS["checkpoint_dir"])
-    target = root / safe
-    if target.exists():
-        raise gr.Error(f"{target} already exists; choose another name.")
-    staging = Path(tempfile.mkdtemp(prefix=f".{safe}.", dir=root))
+    paths = [f if isinstance(f, (str, Path)) else f.name for f in (files or [])]
     try:
-        for file_name, path in by_name.items():
-            shutil.copyfile(path, staging / file_name)
-        Pipeline.from_checkpoint(staging, device="cpu")  # refuse anything that does not load as a model
-        staging.rename(target)
-    except (CheckpointError, OSError) as error:
+        target = install_checkpoint(paths, SETTINGS["checkpoint_dir"], name)
+    except CheckpointError as error:
         raise gr.Error(f"Not a usable checkpoint: {error}. Nothing was saved.") from error
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return gr.update(choices=checkpoint_choices(), value=str(target)), f"Saved {target}; press Load to use it."
 
 
@@ -523,31 +457,9 @@ def open_failure(checkpoint: str, table, event: gr.SelectData):
 
 
 def export_case(checkpoint: str, view: dict, top_k: float, use_mask: bool):
-    explorer = explorer_for(checkpoint)
+    checkpoint_hash = "" if checkpoint == HSV else weights_hash(checkpoint)
     image = _image(view, "occluded")
-    embedded = explorer.embed([image])
-    ranked = explorer.rank(explorer.scores(embedded, use_mask)[0], view.get("pid"), view.get("camid"), int(top_k))
-    case = Case(
-        query_index=view["query_index"],
-        query_file=view["file"],
-        dataset="pets09_occ",
-        checkpoint=Path(checkpoint).name,
-        checkpoint_hash="" if checkpoint == HSV else weights_hash(checkpoint),
-        occlusion=view["occlusion"],
-        use_mask=bool(use_mask),
-        top_k=int(top_k),
-        mask=[] if embedded.masks is None else np.round(embedded.masks[0], 5).tolist(),
-        top=[
-            {
-                "file": Path(i.path).name,
-                "person": i.pid,
-                "track": i.camid,
-                "score": round(i.score, 5),
-                "correct": i.correct,
-            }
-            for i in ranked.items
-        ],
-    )
+    case = build_case(explorer_for(checkpoint), view, image, checkpoint, checkpoint_hash, int(top_k), use_mask)
     path = Path(tempfile.mkdtemp(prefix="dpmpp_case_")) / f"case_{view['file'].rsplit('.', 1)[0]}.json"
     path.write_text(case.to_json())
     return str(path)
@@ -582,27 +494,10 @@ def import_case(checkpoint: str, file):
 
 
 def start_training(dataset: str, root: str, preset: str, epochs: float, name: str, switches: list[str]):
-    config = load_preset(preset)
-    config.data.name = dataset
-    if dataset not in ("pets09_occ", "pets09_holistic"):
-        base = SETTINGS["data_root"]
-        if base is None:
-            raise gr.Error("Start the app with --data-root DIR to train on your own datasets.")
-        folder = (Path(base) / root).resolve()
-        if not folder.is_relative_to(Path(base).resolve()):
-            raise gr.Error("The dataset folder must lie inside the data root.")
-        config.data.root = str(folder)
-    config.train.epochs = int(epochs)
-    config.model.use_mask = "dynamic mask" in switches
-    config.model.use_text_stage = "text stage" in switches
-    config.aug.patch_transfer = "patch transfer" in switches
-    config.aug.occlusion_pairing = "occlusion-aware pairing" in switches
-    config.aug.class_ignoring = "class-ignoring" in switches
-    config.loss.orth_weight = config.loss.orth_weight if "head orthogonality" in switches else 0.0
-    safe = "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_") or "app_run"
     try:
-        status = JOBS.start(config, Path(SETTINGS["checkpoint_dir"]) / safe)
-    except RuntimeError as error:
+        config = training_config(dataset, root, preset, int(epochs), switches, SETTINGS["data_root"])
+        status = JOBS.start(config, Path(SETTINGS["checkpoint_dir"]) / safe_name(name, "app_run"))
+    except (ValueError, RuntimeError) as error:
         raise gr.Error(str(error)) from error
     return status_text(status)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -243,3 +245,46 @@ class Explanation:
     class_index: int  # prototype explained toward
     pid: int  # that prototype's dataset identity
     similarity: float  # (masked) cosine to that prototype
+
+
+CHECKPOINT_FILES = (checkpoint.CONFIG, checkpoint.WEIGHTS, checkpoint.TEXT, checkpoint.METRICS)
+
+
+def safe_name(name: str | None, default: str) -> str:
+    """A folder name from user text: letters, digits, '-' and '_' only."""
+    return "".join(c for c in (name or "").strip() if c.isalnum() or c in "-_") or default
+
+
+def install_checkpoint(files: Sequence[str | Path], root: str | Path, name: str | None) -> Path:
+    """Copy a checkpoint's files into a new folder `root/name`, only if they load as a model; returns it.
+
+    Raises CheckpointError, saving nothing, for missing or unexpected files, an existing folder, or files that do
+    not load (a staging folder beside the target is renamed into place only after the load succeeds).
+    """
+    by_name = {Path(f).name: Path(f) for f in files}
+    missing = [n for n in CHECKPOINT_FILES[:2] if n not in by_name]
+    if missing:
+        raise checkpoint.CheckpointError(
+            f"a checkpoint needs {', '.join(CHECKPOINT_FILES[:2])} at least; missing {missing}"
+        )
+    unexpected = sorted(set(by_name) - set(CHECKPOINT_FILES))
+    if unexpected:
+        raise checkpoint.CheckpointError(
+            f"unexpected files {unexpected}; a checkpoint holds {', '.join(CHECKPOINT_FILES)}"
+        )
+    root = Path(root)
+    target = root / safe_name(name, "uploaded")
+    if target.exists():
+        raise checkpoint.CheckpointError(f"{target} already exists; choose another name")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    try:
+        for file_name, path in by_name.items():
+            shutil.copyfile(path, staging / file_name)
+        Pipeline.from_checkpoint(staging, device="cpu")  # refuse anything that does not load as a model
+        staging.rename(target)
+    except OSError as error:
+        raise checkpoint.CheckpointError(f"could not save the checkpoint: {error}") from error
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target

@@ -31,6 +31,34 @@ class Case:
         return json.dumps(asdict(self), indent=1)
 
 
+def build_case(explorer, view: dict, image, checkpoint: str, checkpoint_hash: str, top_k: int, use_mask: bool) -> Case:
+    """The case of an app view: `explorer` (a BenchmarkExplorer) embeds and ranks `image`, the view's query as
+    occluded; `view` holds query_index, file, pid, camid and the occlusion parameters."""
+    embedded = explorer.embed([image])
+    ranked = explorer.rank(explorer.scores(embedded, use_mask)[0], view.get("pid"), view.get("camid"), int(top_k))
+    return Case(
+        query_index=view["query_index"],
+        query_file=view["file"],
+        dataset="pets09_occ",
+        checkpoint=Path(checkpoint).name,
+        checkpoint_hash=checkpoint_hash,
+        occlusion=view["occlusion"],
+        use_mask=bool(use_mask),
+        top_k=int(top_k),
+        mask=[] if embedded.masks is None else [round(float(v), 5) for v in embedded.masks[0]],
+        top=[
+            {
+                "file": Path(i.path).name,
+                "person": i.pid,
+                "track": i.camid,
+                "score": round(i.score, 5),
+                "correct": i.correct,
+            }
+            for i in ranked.items
+        ],
+    )
+
+
 def read_case(source: str | Path | bytes) -> Case:
     try:
         text = source.decode() if isinstance(source, bytes) else Path(source).read_text()

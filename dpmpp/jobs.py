@@ -9,10 +9,45 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpmpp.config import Config
+from dpmpp.config import Config, load_preset
 from dpmpp.engine.loop import ProgressEvent, TrainingStopped
 
 logger = logging.getLogger(__name__)
+BUNDLED_DATASETS = ("pets09_occ", "pets09_holistic")
+COMPONENTS = (
+    "dynamic mask",
+    "text stage",
+    "patch transfer",
+    "occlusion-aware pairing",
+    "class-ignoring",
+    "head orthogonality",
+)  # the training switches a user can turn off
+
+
+def training_config(
+    dataset: str, root: str, preset: str, epochs: int, switches: list[str], data_root: str | Path | None
+) -> Config:
+    """A preset with the chosen dataset, epochs and components. A user's dataset must lie inside `data_root`."""
+    config = load_preset(preset)
+    config.data.name = dataset
+    if dataset not in BUNDLED_DATASETS:
+        if data_root is None:
+            raise ValueError("Start the app with --data-root DIR to train on your own datasets.")
+        folder = (Path(data_root) / root).resolve()
+        if not folder.is_relative_to(Path(data_root).resolve()):
+            raise ValueError("The dataset folder must lie inside the data root.")
+        config.data.root = str(folder)
+    unknown = sorted(set(switches) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; expected some of {list(COMPONENTS)}")
+    config.train.epochs = int(epochs)
+    config.model.use_mask = "dynamic mask" in switches
+    config.model.use_text_stage = "text stage" in switches
+    config.aug.patch_transfer = "patch transfer" in switches
+    config.aug.occlusion_pairing = "occlusion-aware pairing" in switches
+    config.aug.class_ignoring = "class-ignoring" in switches
+    config.loss.orth_weight = config.loss.orth_weight if "head orthogonality" in switches else 0.0
+    return config
 
 
 @dataclass

@@ -315,7 +315,9 @@ def test_server_serves_assets_but_no_other_files(server):
 
 def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
     monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", tmp_path)
-    files = [str(DEFAULT_CHECKPOINT / name) for name in app.CHECKPOINT_FILES]
+    from dpmpp.api import CHECKPOINT_FILES
+
+    files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
     update, note = app.upload_checkpoint(files, "copy")
     assert (tmp_path / "copy" / "model.safetensors").is_file() and update["value"] == str(tmp_path / "copy")
     assert str(tmp_path / "copy") in update["choices"]
@@ -328,6 +330,10 @@ def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
     with pytest.raises(app.gr.Error, match="missing"):
         app.upload_checkpoint([str(broken / "config.json")], "half")
+    with pytest.raises(app.gr.Error, match="already exists"):
+        app.upload_checkpoint(files, "copy")
+    with pytest.raises(app.gr.Error, match="unexpected files"):
+        app.upload_checkpoint([*files, str(ROOT / "README.md")], "extra")
 
 
 def test_selecting_a_failure_row_opens_that_query():
