@@ -112,11 +112,16 @@ def transfer_partners() -> list[str]:
     return [r.path for r in partner_records()]
 
 
+@lru_cache(maxsize=1)
+def benchmark_person_masks() -> PersonMasks | None:
+    return PersonMasks.for_root(BENCHMARK)
+
+
 def partner_source(checkpoint: str) -> str:
     """Where the partners' person masks come from: as in training, the benchmark's silhouettes when the model
     was trained with `aug.saliency_source=auto`, else the model's saliency head."""
     pipeline = explorer_for(checkpoint).pipeline
-    auto = pipeline.config.aug.saliency_source == "auto" and PersonMasks.for_root(BENCHMARK) is not None
+    auto = pipeline.config.aug.saliency_source == "auto" and benchmark_person_masks() is not None
     return "silhouette" if auto else "head"
 
 
@@ -125,7 +130,7 @@ def partner_saliency_for(checkpoint: str) -> np.ndarray:
     """Per-patch person maps of the fixed partner pool, computed once per model."""
     pipeline = explorer_for(checkpoint).pipeline
     if partner_source(checkpoint) == "silhouette":
-        return pipeline.person_saliency(partner_records(), PersonMasks.for_root(BENCHMARK))
+        return pipeline.person_saliency(partner_records(), benchmark_person_masks())
     return pipeline.saliency(transfer_partners())
 
 

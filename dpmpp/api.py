@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dpmpp.data.images import load_image
-from dpmpp.data.patch_transfer import compose, occlusion_iou, pixel_region
+from dpmpp.data.patch_transfer import compose, occlusion_iou, patch_fraction, pixel_region
 from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
@@ -112,15 +112,11 @@ class Pipeline:
     def person_saliency(self, records: Sequence[ReIDRecord], masks) -> np.ndarray:
         """Per-patch person fraction [N, h, w] in [0, 1] from a dataset's person masks (dpmpp.data.foreground),
         on the same grid as `saliency()`: what training's patch transfer uses where a dataset has such masks."""
-        height, width = self.image_size
-        ph, pw = self.model.encoder.visual.patch_size
-        grids = []
+        pixels = []
         for record in records:
-            image = load_image(record.path)
-            person = torch.from_numpy(masks(record, np.asarray(image))).float()[None, None]
-            person = torch.nn.functional.interpolate(person, size=(height, width), mode="nearest")
-            grids.append(torch.nn.functional.avg_pool2d(person, (ph, pw))[0, 0])
-        return torch.stack(grids).numpy()
+            person = torch.from_numpy(masks(record, np.asarray(load_image(record.path)))).float()[None, None]
+            pixels.append(torch.nn.functional.interpolate(person, size=self.image_size, mode="nearest")[0])
+        return patch_fraction(torch.stack(pixels), self.model.encoder.visual.patch_size).numpy()
 
     def transfer(
         self,

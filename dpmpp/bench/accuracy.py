@@ -110,25 +110,28 @@ def mobilenet_features(images) -> np.ndarray:
     return torch.nn.functional.normalize(feats, dim=1).numpy()
 
 
-def _evaluate_features(name: str, extractor) -> dict:
+def _evaluate_features(extractor) -> dict:
+    """Both splits' metrics for `extractor` (image paths -> unit features [N, D]), each crop extracted once."""
     from dpmpp.eval.extract import evaluate_similarity
 
-    results = {}
-    for split_name in SPLITS:
-        split = load_split(split_name, ASSETS / "pets09_occ")
-        query, gallery = extractor([r.path for r in split.query]), extractor([r.path for r in split.gallery])
-        results[split_name] = evaluate_similarity(split, query @ gallery.T).summary()
-    return results
+    splits = {name: load_split(name, ASSETS / "pets09_occ") for name in SPLITS}
+    paths = list(dict.fromkeys(r.path for split in splits.values() for r in (*split.query, *split.gallery)))
+    feats, row = extractor(paths), {path: i for i, path in enumerate(paths)}
+
+    def take(records):
+        return feats[[row[r.path] for r in records]]
+
+    return {name: evaluate_similarity(s, take(s.query) @ take(s.gallery).T).summary() for name, s in splits.items()}
 
 
 def no_learning_rows() -> list[dict]:
     from dpmpp.eval.baselines import hsv_stripe_features
 
     rows = []
-    hsv = _evaluate_features("hsv", lambda paths: hsv_stripe_features([load_image(p) for p in paths]))
+    hsv = _evaluate_features(lambda paths: hsv_stripe_features([load_image(p) for p in paths]))
     rows.append(_row("HSV stripes (no learning)", "-", 0, hsv["pets09_occ"], hsv["pets09_holistic"], 0.0, "CPU"))
     try:
-        mobile = _evaluate_features("mobilenet", mobilenet_features)
+        mobile = _evaluate_features(mobilenet_features)
         rows.append(
             _row(
                 "ImageNet MobileNetV2 (no re-ID training)",
@@ -156,8 +159,9 @@ def trained_rows(
     where = pick_device(device)
     name = device_name(where)
     if TRAINED[method] is None:
-        occ, holistic, seconds = train_osnet(load_preset("tiny"), seed, epochs, where)
-        return [_row(method, seed, epochs, occ, holistic, seconds, name)]
+        extract, seconds = train_osnet(load_preset("tiny"), seed, epochs, where)
+        results = _evaluate_features(extract)
+        return [_row(method, seed, epochs, results["pets09_occ"], results["pets09_holistic"], seconds, name)]
     config: Config = apply_overrides(load_preset("tiny"), list(TRAINED[method]))
     config.train.seed, config.train.epochs, config.train.eval_every = seed, epochs, 0
     folder = out_dir / f"{method.replace(' ', '_').replace('/', '').replace(',', '')}_seed{seed}"

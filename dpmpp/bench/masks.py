@@ -93,20 +93,10 @@ def save_figure(result: dict, path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = {"person": "#d13b3b", "pole": "#2c6fbb", "sign": "#1e9e48", "border": "#999999"}
     for occluder, rows in table.groupby("occluder"):
-        axes[0].scatter(
-            rows["occluded_fraction"],
-            rows["distance_to_clean"],
-            s=12,
-            label=occluder,
-            color=colours.get(occluder, "black"),
-        )
-        axes[1].scatter(
-            rows["occluded_fraction"],
-            rows["active_fraction"],
-            s=12,
-            label=occluder,
-            color=colours.get(occluder, "black"),
-        )
+        for axis, column in ((axes[0], "distance_to_clean"), (axes[1], "active_fraction")):
+            axis.scatter(
+                rows["occluded_fraction"], rows[column], s=12, label=occluder, color=colours.get(occluder, "black")
+            )
     rho_d, rho_a = result["spearman_distance_vs_occlusion"][0], result["spearman_active_vs_occlusion"][0]
     axes[0].set(
         xlabel="occluded fraction of the query",

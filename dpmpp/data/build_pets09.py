@@ -21,8 +21,8 @@ from PIL import Image
 
 from dpmpp.atomic import atomic_path, write_text
 from dpmpp.data.build_occluders import clear_scene_frame, write_bank
-from dpmpp.data.foreground import BACKGROUND, median_background
-from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occlusion
+from dpmpp.data.foreground import BACKGROUND, box_slice, median_background
+from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occlusion, read_gt
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,6 @@ class Protocol:
         if fraction < self.holistic_max_occlusion and frame % self.gallery_frame_step == 0:
             return "gallery"
         return None
-
-
-def read_gt(gt_path: str | Path) -> list[Box]:
-    """MOTChallenge gt.txt rows with conf 1 (evaluated boxes); frame numbers are 1-based."""
-    rows = np.loadtxt(gt_path, delimiter=",", ndmin=2)
-    if rows.shape[1] < 7:
-        raise ValueError(
-            f"{gt_path}: expected MOT rows frame,id,left,top,width,height,conf,...; got {rows.shape[1]} columns"
-        )
-    return [Box(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in rows if r[6] == 1]
 
 
 def read_groups(groups_path: str | Path) -> dict[int, str]:
@@ -151,11 +141,8 @@ def _drop_unanswerable_queries(rows: list[dict]) -> list[dict]:
 
 def crop(frame_rgb: np.ndarray, row: dict) -> Image.Image:
     """The box clipped to the frame, at source resolution (never downscaled)."""
-    left, top = float(row["bbox_left"]), float(row["bbox_top"])
-    x0, y0 = max(0, int(round(left))), max(0, int(round(top)))
-    x1 = min(FRAME_WIDTH, int(round(left + float(row["bbox_width"]))))
-    y1 = min(FRAME_HEIGHT, int(round(top + float(row["bbox_height"]))))
-    return Image.fromarray(frame_rgb[y0:y1, x0:x1])
+    rows, columns = box_slice(row, (FRAME_WIDTH, FRAME_HEIGHT))
+    return Image.fromarray(frame_rgb[rows, columns])
 
 
 def build(

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from dpmpp.data.pets09_geometry import read_gt
 from dpmpp.data.records import ReIDRecord
 
 BACKGROUND = Path("source") / "background.png"
@@ -32,13 +33,17 @@ def median_background(frames) -> np.ndarray:
     return np.median(stack, axis=0).astype(np.uint8)
 
 
-def box_slice(meta: dict, frame_size: tuple[int, int]) -> tuple[slice, slice]:
-    """The pixel rows and columns of a manifest box clipped to the frame, rounded as the crops were cut."""
-    width, height = frame_size
-    left, top = float(meta["bbox_left"]), float(meta["bbox_top"])
+def clipped_bounds(left: float, top: float, width: float, height: float, frame_size) -> tuple[int, int, int, int]:
+    """Integer (x0, y0, x1, y1) of a box clipped to a (width, height) frame: how the benchmark's crops are cut."""
     x0, y0 = max(0, int(round(left))), max(0, int(round(top)))
-    x1 = min(width, int(round(left + float(meta["bbox_width"]))))
-    y1 = min(height, int(round(top + float(meta["bbox_height"]))))
+    x1 = min(frame_size[0], int(round(left + width)))
+    y1 = min(frame_size[1], int(round(top + height)))
+    return x0, y0, x1, y1
+
+
+def box_slice(meta: dict, frame_size: tuple[int, int]) -> tuple[slice, slice]:
+    """The pixel rows and columns of a manifest box (its bbox_* fields) clipped to a (width, height) frame."""
+    x0, y0, x1, y1 = clipped_bounds(*(float(meta[key]) for key in _BOX_KEYS), frame_size)
     return slice(y0, y1), slice(x0, x1)
 
 
@@ -58,14 +63,15 @@ def silhouette(crop: np.ndarray, background: np.ndarray, threshold: int = THRESH
 class PersonMasks:
     """`masks(record, crop)` -> bool [h, w] person mask of a crop, from the benchmark's background image.
 
-    `boxes`: frame -> [(track, x0, y0, x1, y1)] of every annotated person; given, the boxes of persons nearer
-    the camera than the crop's own are removed from its mask.
+    `boxes`: frame -> [(track, bottom, (x0, y0, x1, y1))] of every annotated person; given, the boxes of persons
+    nearer the camera (a lower bottom edge, as in pets09_geometry.occlusion) are removed from the crop's mask.
     """
 
     def __init__(
         self, background: np.ndarray, threshold: int = THRESHOLD, boxes: dict[int, list[tuple]] | None = None
     ) -> None:
         self.background, self.threshold, self.boxes = background, threshold, boxes
+        self._cache: dict[str, np.ndarray] = {}  # a crop's mask is fixed: computed once per file, not per epoch
 
     @classmethod
     def for_root(cls, root: str | Path, nearer_persons: bool = False) -> "PersonMasks | None":
@@ -73,23 +79,27 @@ class PersonMasks:
         path = Path(root) / BACKGROUND
         if not path.is_file():
             return None
-        boxes = None
-        if nearer_persons:
-            gt = Path(root) / GROUND_TRUTH
-            if not gt.is_file():
-                raise ValueError(f"cutting out nearer persons needs the ground truth boxes {gt}; it is missing")
-            boxes = _boxes_by_frame(gt)
-        return cls(np.asarray(Image.open(path).convert("RGB")), boxes=boxes)
+        gt = Path(root) / GROUND_TRUTH
+        if nearer_persons and not gt.is_file():
+            raise ValueError(f"cutting out nearer persons needs the ground truth boxes {gt}; it is missing")
+        background = np.asarray(Image.open(path).convert("RGB"))
+        boxes = _boxes_by_frame(gt, (background.shape[1], background.shape[0])) if nearer_persons else None
+        return cls(background, boxes=boxes)
 
     def __call__(self, record: ReIDRecord, crop: np.ndarray) -> np.ndarray:
         if any(key not in record.meta for key in _BOX_KEYS):
             raise ValueError(f"{record.path}: a person mask needs the manifest's box columns {_BOX_KEYS}")
+        if record.path not in self._cache:
+            self._cache[record.path] = self._compute(record, crop)
+        return self._cache[record.path].copy()
+
+    def _compute(self, record: ReIDRecord, crop: np.ndarray) -> np.ndarray:
         rows, columns = box_slice(record.meta, (self.background.shape[1], self.background.shape[0]))
         mask = silhouette(crop, self.background[rows, columns], self.threshold)
         if self.boxes is not None:
             own_bottom = float(record.meta["bbox_top"]) + float(record.meta["bbox_height"])
-            for track, x0, y0, x1, y1 in self.boxes.get(int(record.meta["frame"]), []):
-                if track != int(record.meta["track"]) and y1 > own_bottom:  # nearer the camera: an occluder
+            for track, bottom, (x0, y0, x1, y1) in self.boxes.get(int(record.meta["frame"]), []):
+                if track != int(record.meta["track"]) and bottom > own_bottom:  # nearer the camera: an occluder
                     a0, a1 = max(x0 - columns.start, 0), max(x1 - columns.start, 0)
                     b0, b1 = max(y0 - rows.start, 0), max(y1 - rows.start, 0)
                     mask[b0:b1, a0:a1] = False
@@ -99,11 +109,10 @@ class PersonMasks:
 GROUND_TRUTH = Path("source") / "gt.txt"
 
 
-def _boxes_by_frame(gt: Path) -> dict[int, list[tuple]]:
-    """MOT gt.txt (conf 1 rows) -> frame -> [(track, x0, y0, x1, y1)] in integer pixels, as the crops round."""
-    rows = np.loadtxt(gt, delimiter=",", ndmin=2)
+def _boxes_by_frame(gt: Path, frame_size: tuple[int, int]) -> dict[int, list[tuple]]:
+    """MOT gt.txt (conf 1 rows) -> frame -> [(track, bottom, (x0, y0, x1, y1))], rounded as the crops are cut."""
     boxes: dict[int, list[tuple]] = {}
-    for r in rows[rows[:, 6] == 1]:
-        x0, y0 = int(round(r[2])), int(round(r[3]))
-        boxes.setdefault(int(r[0]), []).append((int(r[1]), x0, y0, int(round(r[2] + r[4])), int(round(r[3] + r[5]))))
+    for box in read_gt(gt):
+        bounds = clipped_bounds(box.left, box.top, box.width, box.height, frame_size)
+        boxes.setdefault(box.frame, []).append((box.track, box.bottom, bounds))
     return boxes

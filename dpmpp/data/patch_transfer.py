@@ -35,6 +35,11 @@ def occlusion_iou(masks: torch.Tensor) -> torch.Tensor:
     return intersection / visible.clamp_min(1)[None, None, :] * (visible > 0)[None, None, :]
 
 
+def patch_fraction(masks: torch.Tensor, patch_size) -> torch.Tensor:
+    """Pixel masks [B, 1, H, W] in {0, 1} -> the fraction of each patch they cover [B, h, w] (the saliency grid)."""
+    return torch.nn.functional.avg_pool2d(masks.float(), tuple(patch_size)).squeeze(1)
+
+
 def pixel_region(masks: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor, size, patch_size) -> torch.Tensor:
     """Pixels [B, H, W] that come from the partner: where its binarised saliency says "not person"."""
     ph, pw = patch_size

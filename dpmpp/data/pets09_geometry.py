@@ -8,6 +8,7 @@ person (lower box bottom on the ground plane) hides a farther one, and the frame
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,3 +71,13 @@ def occlusion(box: Box, same_frame: list[Box]) -> tuple[float, str, dict[str, fl
     total = float(union.mean())
     kind = max(fractions, key=fractions.get) if total > 0 else "none"
     return total, kind, fractions
+
+
+def read_gt(gt_path: str | Path) -> list[Box]:
+    """MOTChallenge gt.txt rows with conf 1 (evaluated boxes); frame numbers are 1-based."""
+    rows = np.loadtxt(gt_path, delimiter=",", ndmin=2)
+    if rows.shape[1] < 7:
+        raise ValueError(
+            f"{gt_path}: expected MOT rows frame,id,left,top,width,height,conf,...; got {rows.shape[1]} columns"
+        )
+    return [Box(int(r[0]), int(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5])) for r in rows if r[6] == 1]

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -16,7 +15,7 @@ from dpmpp.config import Config
 from dpmpp.data.dataset import ImageDataset
 from dpmpp.data.datasets import load_split
 from dpmpp.data.foreground import PersonMasks
-from dpmpp.data.patch_transfer import SaliencyPatchTransfer, compose
+from dpmpp.data.patch_transfer import SaliencyPatchTransfer, compose, patch_fraction
 from dpmpp.data.records import Split
 from dpmpp.data.samplers import PKBatchSampler
 from dpmpp.data.transforms import build_transforms
@@ -221,7 +220,7 @@ class Trainer:
             person = batch["person"].to(self.device) if "person" in batch else None  # [B, 1, H, W]
             if transfer.enabled and epoch_box[0] >= aug.warmup_epochs:
                 if person is not None and aug.saliency_source == "auto":
-                    guide = F.avg_pool2d(person, tuple(patch)).squeeze(1)
+                    guide = patch_fraction(person, patch)
                 else:
                     guide = self.model.saliency(images, camids)
                 result = transfer(images, guide, pids)
@@ -240,7 +239,7 @@ class Trainer:
                 mixed=mixed,
                 partner_pid=partner_pid,
                 holistic_positives=aug.holistic_positives,
-                person=F.avg_pool2d(person, tuple(patch)).squeeze(1) if person is not None else None,
+                person=patch_fraction(person, patch) if person is not None else None,
             )
             logits = out.masked_logits if out.masked_logits is not None else out.logits
             accuracy = float((logits.argmax(1) == pids).float().mean()) if logits is not None else None
