@@ -174,6 +174,18 @@ def cmd_bench(args) -> int:
         print()
         print(paired_table([r for r in rows if r["method"] in ("DPM++ full", MASK_OFF)], MASK_OFF))
         return 0
+    if args.what == "events":
+        from dpmpp.bench.accuracy import fill_per_query
+        from dpmpp.bench.events import event_table, load_per_query
+
+        out = Path(args.out or "bench/results/accuracy.csv")
+        per_query = load_per_query(fill_per_query(out, args.device))
+        if not per_query:
+            raise SystemExit(f"no per-query results for {out}: run `python -m dpmpp bench accuracy --out {out}` first")
+        reference = args.reference or "DPM++ full"
+        print(f"per-query results: {len(per_query)} (row, seed) pairs; 95 % intervals resample occlusion events")
+        print(event_table(per_query, reference, mask_off_of="DPM++ full"))
+        return 0
     from dpmpp.atomic import write_json
     from dpmpp.bench.speed import format_tables, run
     from dpmpp.engine.distributed import pick_device
@@ -234,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["speed", "accuracy", "masks"], help="which benchmark")
+    bench.add_argument("what", choices=["speed", "accuracy", "masks", "events"], help="which benchmark")
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
     bench.add_argument("--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row")
@@ -242,7 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", default=None, help="accuracy: only these trained rows (by name)")
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--out", default=None, help="speed: also write JSON here; accuracy: the CSV to fill")
+    bench.add_argument(
+        "--out", default=None, help="speed: also write JSON here; accuracy: the CSV to fill; events: the CSV to read"
+    )
+    bench.add_argument("--reference", default=None, help="events: the row others are compared with (DPM++ full)")
     bench.add_argument("--device", default=None)
     bench.set_defaults(func=cmd_bench)
     return parser

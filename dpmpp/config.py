@@ -44,7 +44,7 @@ class ModelCfg:
     sie_coef: float = 3.0  # SIE coefficient (CLIP-ReID's default)
     bnneck: bool = True  # CLIP-ReID's BatchNorm neck on p before the heads and at test (centres the features)
     saliency_head: bool = True  # per-patch saliency head for patch transfer
-    saliency_detach: bool = True  # the saliency head trains on detached tokens, not moving the encoder (R)
+    saliency_detach: bool = True  # SPT's selection losses train the saliency head only, not the encoder or p (R)
 
 
 @dataclass
@@ -78,6 +78,7 @@ class AugCfg:
     occlusion_pairing: bool = True  # OIoU pairing with circular shifts; off: a random partner
     top_fraction: float = 0.1  # draw the partner from the top fraction of (j, shift) by OIoU
     min_oiou: float = 0.7  # accept a drawn pair above this overlap, else take the best
+    max_shift: int | None = None  # largest circular shift of the anchor, in patch columns; None: any (SPT)
     class_ignoring: bool = True  # partner identity excluded from CE logits and triplet negatives
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = 0.5  # binarisation of the saliency map

@@ -1,4 +1,7 @@
-"""The accuracy table's summaries: mean ± std over seeds, and differences paired by seed."""
+"""The accuracy table's summaries: mean ± std over seeds, differences paired by seed, occlusion events."""
+
+import numpy as np
+import pytest
 
 from dpmpp.bench.accuracy import MASK_OFF, paired_table, summary_table
 
@@ -57,3 +60,75 @@ def test_partial_spearman_removes_a_shared_cause():
     y_direct = y + 2 * x
     rho, p = partial_spearman(x, y_direct, z)
     assert rho > 0.5 and p < 1e-6
+
+
+def _record(camid, frame, pid=1):
+    from dpmpp.data.records import ReIDRecord
+
+    return ReIDRecord(f"q_{camid}_{frame}.jpg", pid, camid, {"frame": frame})
+
+
+def test_occlusion_events_split_on_track_and_frame_gap():
+    from dpmpp.bench.events import occlusion_events
+    from dpmpp.data.records import ReIDRecord
+
+    records = [_record(3, 10), _record(3, 12), _record(5, 11), _record(3, 30), _record(3, 20)]
+    records.append(ReIDRecord("still.jpg", 2, 0))  # no frame number: its own event
+    events = occlusion_events(records, max_gap=10)
+    assert events[0] == events[1] == events[4] == events[3]  # track 3, frames 10, 12, 20, 30: gaps 2, 8, 10
+    assert len(set(events[[0, 2, 5]])) == 3  # another track, or no frame number, is another event
+    tighter = occlusion_events(records, max_gap=9)
+    assert tighter[0] == tighter[4] != tighter[3]  # a gap of 10 frames now starts a new pass
+
+
+def test_occlusion_events_of_the_bundled_benchmark():
+    from dpmpp.bench.events import occlusion_events
+    from dpmpp.data.datasets import load_split
+    from dpmpp.paths import ASSETS
+
+    events = occlusion_events(load_split("pets09_occ", ASSETS / "pets09_occ").query)
+    sizes = np.bincount(events)
+    assert len(sizes) == 27 and sizes.sum() == 213 and sizes.max() == 40
+
+
+def test_paired_bootstrap_weights_queries_or_events():
+    from dpmpp.bench.events import paired_bootstrap
+
+    events = np.array([0, 0, 0, 1])  # event 0 has three queries, event 1 one
+    row = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, np.nan]])  # two seeds; seed 1 skipped query 3
+    reference = np.zeros((2, 4))
+    point, low, high = paired_bootstrap(row, reference, events, "query", samples=2000)
+    assert point == 0.75 and low == 0.0 and high == 1.0  # resamples are all-event-1 (0) or all-event-0 (1)
+    point, _, _ = paired_bootstrap(row, reference, events, "event", samples=10)
+    assert point == 0.5
+    with pytest.raises(ValueError, match="shapes differ"):
+        paired_bootstrap(row[:, :3], reference, events)
+
+
+def test_event_table_pairs_seeds_and_adds_the_mask_off_row():
+    import pandas as pd
+
+    from dpmpp.bench.events import event_table
+
+    def frame(values):
+        values = np.array(values, dtype=float)
+        return pd.DataFrame(
+            {
+                "event": [0, 0, 1, 2],
+                "ap": values,
+                "rank1": values,
+                "ap_no_mask": values / 2,
+                "rank1_no_mask": values / 2,
+            }
+        )
+
+    per_query = {
+        ("DPM++ full", "0"): frame([1, 1, 0, 0]),
+        ("DPM++ full", "1"): frame([1, 0, 1, 0]),
+        ("CLIP-ReID", "0"): frame([0, 0, 0, 0]),
+    }
+    lines = event_table(per_query, "DPM++ full", mask_off_of="DPM++ full").splitlines()
+    clip = next(line for line in lines if line.startswith("| CLIP-ReID |"))
+    assert clip.startswith("| CLIP-ReID | 1 | -50.0 [")  # paired on seed 0 only: 0 − mean(1, 1, 0, 0)
+    off = next(line for line in lines if "mask off" in line)
+    assert "| 2 | -25.0 [" in off  # half of (0.5, 0.5) per seed

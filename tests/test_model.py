@@ -144,3 +144,23 @@ def test_bf16_autocast_forward_and_losses(built):
     total = sum(weights[k] * v for k, v in losses.items())
     assert torch.isfinite(total) and all(v.dtype == torch.float32 for v in losses.values())
     total.backward()
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_saliency_losses_reach_the_encoder_only_when_not_detached(detach):
+    from dpmpp.losses.regularisers import saliency_selection
+
+    torch.manual_seed(0)
+    config = load_preset("tiny")
+    config.model.saliency_detach = detach
+    model, _ = build_model(config.model, SIZE, num_classes=3)
+    model.train()
+    out = model(torch.randn(4, 3, *SIZE))
+    losses = saliency_selection(out.saliency, out.patch_proj, model.prototypes, torch.tensor([0, 0, 1, 2]), 30.0, 0.3)
+    sum(losses.values()).backward()
+    head = [p.grad for p in model.saliency_head.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in head)  # the head always learns
+    visual = model.encoder.visual
+    shared = {"proj": visual.proj.grad, "ln_post": visual.ln_post.weight.grad}  # they also make p
+    touched = [name for name, g in shared.items() if g is not None and g.abs().sum() > 0]
+    assert touched == ([] if detach else ["proj", "ln_post"])

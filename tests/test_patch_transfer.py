@@ -85,3 +85,18 @@ def test_random_pairing_when_occlusion_pairing_is_off():
     images, saliency, pids = batch()
     result = make(1.0, pairing=False)(images, saliency, pids)
     assert result.mixed.all() and (result.shift == 0).all() and (result.partner != torch.arange(6)).all()
+
+
+def test_max_shift_bounds_the_anchor_shift():
+    images, saliency, pids = batch(b=8)
+    free = make(1.0)(images, saliency, pids)
+    assert (free.shift != 0).any()  # with any shift allowed, random masks pick some
+    for max_shift in (0, 1):
+        result = make(1.0, max_shift=max_shift)(images, saliency, pids)
+        distance = torch.minimum(result.shift, 4 - result.shift)  # 4 patch columns, circular
+        assert result.mixed.all() and (distance <= max_shift).all()
+    unshifted = make(1.0, max_shift=0)(images, saliency, pids)
+    masks = saliency > 0.5
+    for i in range(len(images)):  # the recorded overlap is that of the unshifted pair
+        j = int(unshifted.partner[i])
+        assert unshifted.oiou[i] == occlusion_iou(masks)[i, 0, j] and j != i

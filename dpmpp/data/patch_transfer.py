@@ -75,8 +75,9 @@ class SaliencyPatchTransfer:
         threshold: float = 0.5,
         patch_size: tuple[int, int] = (16, 16),
         generator: torch.Generator | None = None,
+        max_shift: int | None = None,
     ) -> None:
-        self.prob, self.enabled, self.pairing = prob, enabled, pairing
+        self.prob, self.enabled, self.pairing, self.max_shift = prob, enabled, pairing, max_shift
         self.top_fraction, self.min_oiou, self.threshold = top_fraction, min_oiou, threshold
         self.patch_size = patch_size
         self.generator = generator or torch.Generator().manual_seed(0)
@@ -124,8 +125,13 @@ class SaliencyPatchTransfer:
             return partner, torch.zeros(b, dtype=torch.long), occlusion_iou(masks)[torch.arange(b), 0, partner]
         scores = occlusion_iou(masks)  # [B, w, B]
         scores[torch.arange(b), :, torch.arange(b)] = -1.0  # never pair with oneself
+        shifts = torch.arange(grid_w)
+        allowed = torch.ones(grid_w, dtype=torch.bool)
+        if self.max_shift is not None:  # circular distance of each shift from 0, in patch columns
+            allowed = torch.minimum(shifts, grid_w - shifts) <= self.max_shift
+            scores[:, ~allowed, :] = -1.0
         flat = scores.flatten(1)  # [B, w*B], index = r * B + j
-        k = max(1, math.ceil(self.top_fraction * grid_w * (b - 1)))
+        k = max(1, math.ceil(self.top_fraction * int(allowed.sum()) * (b - 1)))
         top_scores, top_index = flat.topk(k, dim=1)
         draw = torch.randint(0, k, (b, 1), generator=self.generator)
         drawn_score, drawn_index = top_scores.gather(1, draw).squeeze(1), top_index.gather(1, draw).squeeze(1)

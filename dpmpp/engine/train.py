@@ -189,6 +189,7 @@ class Trainer:
             aug.saliency_threshold,
             tuple(patch),
             generator,
+            aug.max_shift,
         )
         for p in self.model.parameters():
             p.requires_grad_(True)

@@ -80,8 +80,11 @@ class DPMPP(nn.Module):
             if self.saliency_head is not None:
                 maps = [m.detach() for m in tokens.maps] if self.cfg.saliency_detach else tokens.maps
                 out.saliency = self.saliency_head(maps)
-                patch_tokens = tokens.last_tokens.detach() if self.cfg.saliency_detach else tokens.last_tokens
-                out.patch_proj = self.encoder.patch_projection(patch_tokens)
+                if self.cfg.saliency_detach:  # ln_post and proj also make the retrieval feature p: keep them out
+                    with torch.no_grad():
+                        out.patch_proj = self.encoder.patch_projection(tokens.last_tokens)
+                else:
+                    out.patch_proj = self.encoder.patch_projection(tokens.last_tokens)
             out.attention = self.encoder.cls_attention_logits(tokens.last_block_input)
         return out
 

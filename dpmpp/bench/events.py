@@ -1,0 +1,159 @@
+"""Occlusion events: the independent units of a benchmark cut from video.
+
+Consecutive occluded frames of one track are one pass behind an occluder, and their queries are near-duplicates:
+a model gets most of them right or most of them wrong. pets09_occ's 213 queries come from 27 such passes, and
+the largest holds 40. A mean over queries weights a pass by its length, and a spread over training seeds says
+nothing about how few passes decide a difference. Here every per-query score is kept, passes are found from the
+frame numbers, and a paired difference between two rows gets a confidence interval that resamples passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dpmpp.data.records import ReIDRecord
+
+MAX_GAP = 10  # frames: a longer gap in a track's occluded queries starts a new event
+
+
+def occlusion_events(records: Sequence[ReIDRecord], max_gap: int = MAX_GAP) -> np.ndarray:
+    """Event index [Q] per query, in record order: same track (camid), frames at most `max_gap` apart.
+
+    Records without a frame number (still-image benchmarks) are each their own event.
+    """
+    events = np.full(len(records), -1, dtype=int)
+    with_frame = [i for i, r in enumerate(records) if "frame" in r.meta]
+    order = sorted(with_frame, key=lambda i: (records[i].camid, int(records[i].meta["frame"])))
+    current, previous = -1, None
+    for i in order:
+        key = (records[i].camid, int(records[i].meta["frame"]))
+        if previous is None or key[0] != previous[0] or key[1] - previous[1] > max_gap:
+            current += 1
+        events[i], previous = current, key
+    for i in range(len(records)):
+        if events[i] < 0:
+            current += 1
+            events[i] = current
+    return events
+
+
+def per_query_frame(records: Sequence[ReIDRecord], ap: np.ndarray, first_true_rank: np.ndarray) -> pd.DataFrame:
+    """One row per query: file, identity, event, occluder, occluded fraction, AP and rank-1 (NaN if skipped)."""
+    valid = np.asarray(first_true_rank) > 0
+    return pd.DataFrame(
+        {
+            "file": [Path(r.path).name for r in records],
+            "pid": [r.pid for r in records],
+            "event": occlusion_events(records),
+            "occluder": [r.meta.get("occluder", "") for r in records],
+            "occluded": [float(r.meta.get("occluded_fraction", np.nan)) for r in records],
+            "ap": np.where(valid, np.asarray(ap, dtype=float), np.nan),
+            "rank1": np.where(valid, (np.asarray(first_true_rank) == 1).astype(float), np.nan),
+        }
+    )
+
+
+def event_weighted(values: np.ndarray, events: np.ndarray) -> float:
+    """Mean over events of the mean over each event's queries (NaNs, i.e. skipped queries, left out)."""
+    frame = pd.DataFrame({"value": values, "event": events}).dropna()
+    return float(frame.groupby("event")["value"].mean().mean())
+
+
+def paired_bootstrap(
+    row: np.ndarray,
+    reference: np.ndarray,
+    events: np.ndarray,
+    weighting: str = "query",
+    samples: int = 10000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Difference `row − reference` and its 95 % interval, resampling events with replacement.
+
+    row, reference: [S, Q] per-query scores of the same S seeds (paired by seed) on the same Q queries.
+    weighting: "query" (every query counts once: the table's metric) or "event" (every event counts once).
+    The seeds are kept in every resample, so the interval covers both seed and event variation only insofar
+    as the S seeds sample the former.
+    """
+    if weighting not in ("query", "event"):
+        raise ValueError(f"weighting must be 'query' or 'event', got {weighting!r}")
+    row, reference = np.atleast_2d(row).astype(float), np.atleast_2d(reference).astype(float)
+    if row.shape != reference.shape or row.shape[1] != len(events):
+        raise ValueError(f"shapes differ: row {row.shape}, reference {reference.shape}, events {len(events)}")
+    diff = np.nanmean(row - reference, axis=0)  # [Q] seed-averaged paired difference
+    keep = ~np.isnan(diff)
+    diff, events = diff[keep], np.asarray(events)[keep]
+    ids, inverse = np.unique(events, return_inverse=True)
+    sums = np.bincount(inverse, weights=diff, minlength=len(ids))
+    counts = np.bincount(inverse, minlength=len(ids)).astype(float)
+
+    def statistic(weights: np.ndarray) -> np.ndarray:  # weights [..., E]: how often each event is drawn
+        if weighting == "query":
+            return (weights @ sums) / (weights @ counts)
+        return (weights @ (sums / counts)) / weights.sum(-1)
+
+    point = float(statistic(np.ones(len(ids))))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(ids), size=(samples, len(ids)))
+    weights = np.zeros((samples, len(ids)))
+    np.add.at(weights, (np.arange(samples)[:, None], draws), 1.0)
+    low, high = np.percentile(statistic(weights), [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def checkpoint_per_query(folder: str | Path, split, device: str | None = None) -> pd.DataFrame:
+    """Per-query AP and rank-1 of a checkpoint on `split`, with the mask on (`ap`, `rank1`) and, for a model with
+    a mask, off (`ap_no_mask`, `rank1_no_mask`)."""
+    from dpmpp.api import Pipeline
+    from dpmpp.eval.extract import evaluate_similarity
+
+    pipeline = Pipeline.from_checkpoint(folder, device)
+    query, gallery = pipeline.embed_records(split.query), pipeline.embed_records(split.gallery)
+    masked = evaluate_similarity(split, pipeline.similarity(query, gallery, use_mask=True))
+    frame = per_query_frame(split.query, masked.ap, masked.first_true_rank)
+    if pipeline.has_mask:
+        plain = evaluate_similarity(split, pipeline.similarity(query, gallery, use_mask=False))
+        unmasked = per_query_frame(split.query, plain.ap, plain.first_true_rank)
+        frame["ap_no_mask"], frame["rank1_no_mask"] = unmasked["ap"], unmasked["rank1"]
+    return frame
+
+
+def load_per_query(folder: Path) -> dict[tuple[str, str], pd.DataFrame]:
+    """(method, seed) -> per-query frame, from the CSVs `bench accuracy` writes (one per trained row and seed)."""
+    out = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        frame = pd.read_csv(path)
+        out[(str(frame["method"].iloc[0]), str(frame["seed"].iloc[0]))] = frame
+    return out
+
+
+def event_table(per_query: dict[tuple[str, str], pd.DataFrame], reference: str, mask_off_of: str = "") -> str:
+    """Markdown: each row's paired difference to `reference` (same seeds), by query and by event, with 95 %
+    intervals that resample events. `mask_off_of` adds that row's checkpoints with the test-time mask off."""
+    frames = dict(per_query)
+    if mask_off_of:
+        for (method, seed), frame in per_query.items():
+            if method == mask_off_of and "ap_no_mask" in frame:
+                off = frame.assign(ap=frame["ap_no_mask"], rank1=frame["rank1_no_mask"])
+                frames[(f"{mask_off_of}, test-time mask off", seed)] = off
+    lines = [
+        f"| row − {reference} | seeds | Δ rank-1, by query | Δ mAP, by query | Δ rank-1, by event | Δ mAP, by event |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in dict.fromkeys(m for m, _ in frames):
+        seeds = sorted(s for m, s in frames if m == method and (reference, s) in frames)
+        if method == reference or not seeds:
+            continue
+        events = frames[(reference, seeds[0])]["event"].to_numpy()
+        cells = []
+        for weighting in ("query", "event"):
+            for key in ("rank1", "ap"):
+                row = np.stack([frames[(method, s)][key].to_numpy() for s in seeds]) * 100
+                ref = np.stack([frames[(reference, s)][key].to_numpy() for s in seeds]) * 100
+                point, low, high = paired_bootstrap(row, ref, events, weighting)
+                cells.append(f"{point:+.1f} [{low:+.1f}, {high:+.1f}]")
+        lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
