@@ -149,14 +149,21 @@ class Pipeline:
         allowed = scores.clone()
         if partner_index is not None:
             allowed[:, [i for i in range(len(candidates)) if i != partner_index]] = -1
+        aug = self.config.aug
         if shift is not None:
             allowed[[r for r in range(scores.shape[0]) if r != shift % scores.shape[0]], :] = -1
+        elif aug.max_shift is not None:  # the shifts the model was trained with
+            width = scores.shape[0]
+            allowed[[r for r in range(width) if min(r, width - r) > aug.max_shift], :] = -1
         chosen_shift, chosen = divmod(int(allowed.flatten().argmax()), scores.shape[1])
         pair = torch.cat([anchor_image, self.preprocess([candidates[chosen]])])  # [anchor, partner]
         partner, mixed = torch.tensor([1, -1]), torch.tensor([True, False])
         patch = tuple(self.model.encoder.visual.patch_size)
-        region = pixel_region(masks[[0, chosen + 1]], partner, mixed, pair.shape[-2:], patch)
-        mixed_images = compose(pair, partner, torch.tensor([chosen_shift, 0]), region, patch)
+        shifts = torch.tensor([chosen_shift, 0])
+        region = pixel_region(
+            masks[[0, chosen + 1]], partner, mixed, pair.shape[-2:], patch, shifts, aug.transfer_region
+        )
+        mixed_images = compose(pair, partner, shifts, region, patch)
         return TransferView(
             image=_to_uint8(mixed_images[0]),
             anchor=_to_uint8(pair[0]),

@@ -79,6 +79,8 @@ class AugCfg:
     top_fraction: float = 0.1  # draw the partner from the top fraction of (j, shift) by OIoU
     min_oiou: float = 0.7  # accept a drawn pair above this overlap, else take the best
     max_shift: int | None = None  # largest circular shift of the anchor, in patch columns; None: any (SPT)
+    transfer_region: str = "partner"  # "partner": all of it outside its person (SPT); "anchor_person": only the
+    # anchor's person patches the partner's person does not cover, so real occluders of the anchor stay (R)
     class_ignoring: bool = True  # partner identity excluded from CE logits and triplet negatives
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = 0.5  # binarisation of the saliency map

@@ -70,3 +70,21 @@ def test_mask_analysis_on_the_bundled_model():
     assert -1 <= result["spearman_distance_vs_occlusion"][0] <= 1
     assert {row["occluder"] for row in result["by_occluder"]} == {"person", "pole", "sign"}
     assert "Spearman" in format_report(result)
+
+
+@pytest.mark.parametrize("split_name", ["pets09_occ", "pets09_holistic"])
+def test_eval_of_the_bundled_model_reproduces_its_recorded_numbers(split_name, capsys):
+    """`python -m dpmpp eval --checkpoint <bundled> --data <split> --json` gives the figures the README quotes,
+    which are the final evaluation recorded in the checkpoint's metrics.json."""
+    import json
+
+    from dpmpp.cli import main
+    from dpmpp.paths import DEFAULT_CHECKPOINT
+
+    recorded = json.loads((DEFAULT_CHECKPOINT / "metrics.json").read_text())["final"][split_name]
+    for flag, mode in (([], "masked"), (["--no-mask"], "unmasked")):
+        args = ["eval", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", split_name, "--json", "--device", "cpu"]
+        assert main(args + flag) == 0
+        printed = json.loads(capsys.readouterr().out)
+        for key in ("rank1", "mAP", "mINP", "num_query", "num_gallery"):
+            assert printed[key] == pytest.approx(recorded[mode][key], abs=1e-6), (mode, key)

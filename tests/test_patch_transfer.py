@@ -1,5 +1,6 @@
 """Saliency-guided patch transfer really mixes, leaves the rest alone, pairs by OIoU, and repeats under a seed."""
 
+import pytest
 import torch
 
 from dpmpp.data.patch_transfer import SaliencyPatchTransfer, occlusion_iou
@@ -100,3 +101,23 @@ def test_max_shift_bounds_the_anchor_shift():
     for i in range(len(images)):  # the recorded overlap is that of the unshifted pair
         j = int(unshifted.partner[i])
         assert unshifted.oiou[i] == occlusion_iou(masks)[i, 0, j] and j != i
+
+
+def test_anchor_person_region_keeps_the_anchors_background_and_occluders():
+    images, saliency, pids = batch(b=8)
+    masks = saliency > 0.5
+    spt = make(1.0)(images, saliency, pids)
+    kept = make(1.0, region="anchor_person")(images, saliency, pids)
+    assert torch.equal(kept.partner, spt.partner) and torch.equal(kept.shift, spt.shift)  # same pairs
+    for i in range(len(images)):
+        j, shift = int(kept.partner[i]), int(kept.shift[i])
+        anchor_person = torch.roll(masks[i], shift, dims=1)
+        expected = anchor_person & ~masks[j]  # the anchor's body where the partner's person is not
+        patches = kept.region[i][:: PATCH[0], :: PATCH[1]]
+        assert torch.equal(patches, expected)
+        assert not (patches & ~spt.region[i][:: PATCH[0], :: PATCH[1]]).any()  # a subset of SPT's region
+        rolled = torch.roll(images[i], shift * PATCH[1], dims=-1)
+        outside = ~kept.region[i]
+        assert torch.equal(kept.images[i][:, outside], rolled[:, outside])  # background and occluders stay
+    with pytest.raises(ValueError, match="transfer region"):
+        make(1.0, region="everything")

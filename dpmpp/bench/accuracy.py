@@ -61,9 +61,10 @@ TRAINED = {
     "DPM++ full + masked pair loss (R)": ["loss.masked_pair_weight=1"],
     # Person masks with nearer persons' boxes cut out, so that person-on-person occlusion is transferred too.
     "DPM++ full, nearer persons transferred as occluders": ["aug.nearer_persons_occlude=true"],
-    # The anchor is never shifted: on the tiny preset's 4-column grid one column is a quarter of the width.
+    # The anchor is never shifted: a circular shift wraps part of the person around the crop's edge.
     "DPM++ full, anchor not shifted": ["aug.max_shift=0"],
-    "DPM++ full, transfer probability 0.25": ["aug.transfer_prob=0.25"],
+    # Only the anchor's own person patches receive the partner's pixels: a real occluder of the anchor stays.
+    "DPM++ full, transfer onto the anchor's person only": ["aug.transfer_region=anchor_person"],
 }
 MASK_OFF = "DPM++ full, test-time mask off"
 

@@ -40,11 +40,34 @@ def patch_fraction(masks: torch.Tensor, patch_size) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(masks.float(), tuple(patch_size)).squeeze(1)
 
 
-def pixel_region(masks: torch.Tensor, partner: torch.Tensor, mixed: torch.Tensor, size, patch_size) -> torch.Tensor:
-    """Pixels [B, H, W] that come from the partner: where its binarised saliency says "not person"."""
+REGIONS = ("partner", "anchor_person")
+
+
+def pixel_region(
+    masks: torch.Tensor,
+    partner: torch.Tensor,
+    mixed: torch.Tensor,
+    size,
+    patch_size,
+    shift: torch.Tensor | None = None,
+    rule: str = "partner",
+) -> torch.Tensor:
+    """Pixels [B, H, W] that come from the partner.
+
+    "partner" (SPT): wherever the partner's binarised saliency says "not person", so the anchor also loses its
+    own background and any real occluder it had. "anchor_person" (R): only the anchor's own (shifted) person
+    patches that the partner's person does not cover; the anchor keeps its background and real occluders.
+    """
+    if rule not in REGIONS:
+        raise ValueError(f"transfer region must be one of {REGIONS}, got {rule!r}")
     ph, pw = patch_size
     partner_visible = masks[partner.clamp_min(0)]  # [B, h, w]
     region = ~partner_visible & mixed[:, None, None]
+    if rule == "anchor_person":
+        shift = torch.zeros(len(masks), dtype=torch.long) if shift is None else shift
+        columns = (torch.arange(masks.shape[2])[None, :] - shift[:, None]) % masks.shape[2]
+        anchor_visible = masks.gather(2, columns[:, None, :].expand_as(masks))  # roll_r(M_i), per row
+        region &= anchor_visible
     region = region.repeat_interleave(ph, dim=1).repeat_interleave(pw, dim=2)
     return region[:, : size[0], : size[1]]
 
@@ -76,8 +99,11 @@ class SaliencyPatchTransfer:
         patch_size: tuple[int, int] = (16, 16),
         generator: torch.Generator | None = None,
         max_shift: int | None = None,
+        region: str = "partner",
     ) -> None:
-        self.prob, self.enabled, self.pairing, self.max_shift = prob, enabled, pairing, max_shift
+        if region not in REGIONS:
+            raise ValueError(f"transfer region must be one of {REGIONS}, got {region!r}")
+        self.prob, self.enabled, self.pairing, self.max_shift, self.region = prob, enabled, pairing, max_shift, region
         self.top_fraction, self.min_oiou, self.threshold = top_fraction, min_oiou, threshold
         self.patch_size = patch_size
         self.generator = generator or torch.Generator().manual_seed(0)
@@ -103,7 +129,7 @@ class SaliencyPatchTransfer:
         partner_pid = torch.where(
             mixed & (pids_cpu[partner.clamp_min(0)] != pids_cpu), pids_cpu[partner.clamp_min(0)], -1
         )
-        region = pixel_region(masks, partner, mixed, images.shape[-2:], self.patch_size)
+        region = pixel_region(masks, partner, mixed, images.shape[-2:], self.patch_size, shift, self.region)
         out = compose(
             images, partner.to(images.device), shift.to(images.device), region.to(images.device), self.patch_size
         )

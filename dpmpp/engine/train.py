@@ -190,6 +190,7 @@ class Trainer:
             tuple(patch),
             generator,
             aug.max_shift,
+            aug.transfer_region,
         )
         for p in self.model.parameters():
             p.requires_grad_(True)
