@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dpmpp.bench.accuracy import MASK_OFF, paired_table, summary_table
+from dpmpp.bench import accuracy
+from dpmpp.bench.accuracy import DIAGNOSTIC, MASK_OFF, TRAINED, paired_table, read_rows, summary_table
 
 
 def _row(method, seed, rank1, mAP):
@@ -45,6 +46,26 @@ def test_paired_differences_remove_the_shared_seed_effect():
     assert "| 2 | +2.5 ± 0.7 | +2.5 ± 2.1 |" in full  # rank-1 diffs (2, 3); mAP diffs (1, 4)
     off = next(line for line in table.splitlines() if line.startswith(f"| {MASK_OFF} |"))
     assert "| 1 | +1.0 | +0.0 |" in off  # only seed 0 has both rows
+
+
+def test_the_table_trains_follow_up_rows_only_when_named_and_resumes(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_rows(method, seed, epochs, *args, **kwargs):
+        trained.append((method, seed))
+        return [_row(method, seed, 50.0, 40.0) | {"epochs": epochs, "device": "test"}]
+
+    monkeypatch.setattr(accuracy, "trained_rows", fake_rows)
+    monkeypatch.setattr(accuracy, "no_learning_rows", lambda: [_row("HSV stripes (no learning)", "-", 30.0, 20.0)])
+    out = tmp_path / "table.csv"
+    accuracy.run(out, [0], 1)
+    assert trained == [(m, 0) for m in TRAINED if m not in DIAGNOSTIC]
+    assert DIAGNOSTIC <= set(TRAINED) and DIAGNOSTIC
+    follow_up = sorted(DIAGNOSTIC)[0]
+    trained.clear()
+    accuracy.run(out, [0, 1], 1, methods=["DPM++ full", follow_up])  # seed 0 of DPM++ full is already there
+    assert trained == [("DPM++ full", 1), (follow_up, 0), (follow_up, 1)]
+    assert len(read_rows(out)) == 1 + len(TRAINED) - len(DIAGNOSTIC) + 3
 
 
 def test_partial_spearman_removes_a_shared_cause():
