@@ -37,7 +37,7 @@ class ModelCfg:
     use_mask: bool = True  # dynamic prototype mask and masked metric (off: CLIP-ReID-style baseline)
     mask_hidden: int = 512  # channels of the mask generator's convolutions
     mask_reduce: int | None = None  # 1x1 reduction per block before concatenation (lighter generator)
-    prototype_init: str = "text"  # "text": W <- normalize(T) (R); "random": N(0, 0.02)
+    prototype_init: str = "text"  # "text": W <- normalize(T) (R); "text_centred": T's mean removed first; "random"
     use_text_stage: bool = True  # stage 1 learns per-identity prompts; off: no text prototypes, no i2t loss
     prompt_template: str = "A photo of a X X X X person."  # X = learnable per-identity tokens
     camera_embedding: bool = False  # SIE: a learned vector per camera added to the tokens

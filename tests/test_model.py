@@ -164,3 +164,31 @@ def test_saliency_losses_reach_the_encoder_only_when_not_detached(detach):
     shared = {"proj": visual.proj.grad, "ln_post": visual.ln_post.weight.grad}  # they also make p
     touched = [name for name, g in shared.items() if g is not None and g.abs().sum() > 0]
     assert touched == ([] if detach else ["proj", "ln_post"])
+
+
+@pytest.mark.parametrize("init", ["text", "text_centred", "random"])
+def test_prototypes_start_from_the_text_features_as_configured(init):
+    config = load_preset("tiny")
+    config.model.prototype_init = init
+    torch.manual_seed(0)
+    model, _ = build_model(config.model, SIZE, num_classes=4)
+    before = model.prototypes.detach().clone()
+    shared = torch.randn(1, model.embed_dim) * 5  # a direction every identity's text feature shares
+    text_features = shared + torch.randn(4, model.embed_dim)
+    model.set_text_prototypes(text_features)
+    w = model.prototypes.detach()
+    if init == "random":
+        torch.testing.assert_close(w, before)
+        return
+    target = text_features - text_features.mean(0) if init == "text_centred" else text_features
+    torch.testing.assert_close(w, torch.nn.functional.normalize(target, dim=1))
+    torch.testing.assert_close(model.prototype_targets(), target)
+    pairwise = (w @ w.T)[~torch.eye(4, dtype=torch.bool)].mean()
+    assert (pairwise < 0) if init == "text_centred" else (pairwise > 0.5)  # centring removes the shared direction
+
+
+def test_an_unknown_prototype_init_is_refused():
+    config = load_preset("tiny")
+    config.model.prototype_init = "txt"
+    with pytest.raises(ValueError, match="prototype_init must be one of"):
+        build_model(config.model, SIZE, num_classes=4)

@@ -67,6 +67,18 @@ TRAINED = {
     "DPM++ full, transfer onto the anchor's person only": ["aug.transfer_region=anchor_person"],
     # Half the dose of synthetic occlusion: does the cost of patch transfer scale with how often it is applied?
     "DPM++ full, transfer probability 0.25": ["aug.transfer_prob=0.25"],
+    # The text features share one direction (mean pairwise cosine about 0.5); W starts without it.
+    "DPM++ full, prototypes from centred text": ["model.prototype_init=text_centred"],
+    # W starts random; the text stage still supervises p through the image-to-text loss.
+    "DPM++ full, prototypes not from text": ["model.prototype_init=random"],
+    # No stage 1, no image-to-text loss, W random: DPM plus patch transfer and the supervised saliency head.
+    "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random"],
+    # DPM plus the saliency head alone (trained on detached tokens): is the head as harmless as it should be?
+    "DPM with the saliency head": [
+        "model.use_text_stage=false",
+        "model.prototype_init=random",
+        "aug.patch_transfer=false",
+    ],
 }
 # Follow-up rows that test one explanation each: trained only when named with --methods.
 DIAGNOSTIC = {
@@ -75,6 +87,10 @@ DIAGNOSTIC = {
     "DPM++ full, anchor not shifted",
     "DPM++ full, transfer onto the anchor's person only",
     "DPM++ full, transfer probability 0.25",
+    "DPM++ full, prototypes from centred text",
+    "DPM++ full, prototypes not from text",
+    "DPM++ without the text stage",
+    "DPM with the saliency head",
 }
 MASK_OFF = "DPM++ full, test-time mask off"
 

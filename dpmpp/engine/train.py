@@ -238,6 +238,7 @@ class Trainer:
                 self.config.loss,
                 prototypes=self.model.prototypes,
                 text_prototypes=self.model.text_prototypes,
+                align_targets=self.model.prototype_targets() if self.model.text_prototypes is not None else None,
                 mixed=mixed,
                 partner_pid=partner_pid,
                 holistic_positives=aug.holistic_positives,

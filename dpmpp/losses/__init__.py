@@ -33,11 +33,13 @@ def stage2_losses(
     partner_pid: torch.Tensor | None = None,
     holistic_positives: bool = False,
     person: torch.Tensor | None = None,
+    align_targets: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring.
 
     `person` [B, h, w]: the fraction of each patch that shows a person (the dataset's masks, after transfer);
-    with it, the saliency head is also fitted to those masks.
+    with it, the saliency head is also fitted to those masks. `align_targets` [C, E]: what the alignment term
+    pulls W toward (the model's `prototype_targets()`); default `text_prototypes`.
     """
     # Losses are computed in float32 whatever precision the forward pass ran in (bf16 autocast on CUDA).
     out = dataclasses.replace(
@@ -75,8 +77,9 @@ def stage2_losses(
         )
     if out.attention is not None:
         losses["orth"] = head_orthogonality(out.attention)
-    if cfg.align_weight > 0 and prototypes is not None and text_prototypes is not None:
-        losses["align"] = prototype_alignment(prototypes, text_prototypes)
+    align_targets = text_prototypes if align_targets is None else align_targets
+    if cfg.align_weight > 0 and prototypes is not None and align_targets is not None:
+        losses["align"] = prototype_alignment(prototypes, align_targets)
     if out.saliency is not None and prototypes is not None:
         losses.update(
             saliency_selection(

@@ -30,9 +30,14 @@ class DPMPPOutput:
     attention: torch.Tensor | None = None  # [B, heads, h*w] last block's CLS->patch attention logits
 
 
+PROTOTYPE_INITS = ("text", "text_centred", "random")
+
+
 class DPMPP(nn.Module):
     def __init__(self, encoder: ImageEncoder, cfg: ModelCfg, num_classes: int) -> None:
         super().__init__()
+        if cfg.prototype_init not in PROTOTYPE_INITS:
+            raise ValueError(f"model.prototype_init must be one of {PROTOTYPE_INITS}; got {cfg.prototype_init!r}")
         self.cfg = cfg
         self.encoder = encoder
         self.num_classes = num_classes
@@ -53,12 +58,25 @@ class DPMPP(nn.Module):
 
     @torch.no_grad()
     def set_text_prototypes(self, text_features: torch.Tensor) -> None:
-        """Store the stage-1 text features T [C, E]; initialise W <- normalize(T) when configured."""
+        """Store the stage-1 text features T [C, E]; initialise W from them when configured.
+
+        "text": W <- normalize(T). "text_centred": W <- normalize(T - mean_c T). Prompts that differ in four tokens
+        give text features in a narrow cone (mean pairwise cosine about 0.5 for the tiny preset); the shared
+        direction carries no identity, and centring removes it before it becomes every prototype's largest part.
+        """
         if self.text_prototypes is None:
             raise ValueError("this model was built without the text stage (model.use_text_stage=false)")
         self.text_prototypes.copy_(text_features)
-        if self.cfg.prototype_init == "text" and self.prototypes is not None:
-            self.prototypes.copy_(F.normalize(text_features, dim=1))
+        if self.prototypes is not None and self.cfg.prototype_init != "random":
+            self.prototypes.copy_(F.normalize(self.prototype_targets(), dim=1))
+
+    def prototype_targets(self) -> torch.Tensor:
+        """The text features W is initialised from and aligned to: T, centred over identities for "text_centred"."""
+        if self.text_prototypes is None:
+            raise ValueError("this model was built without the text stage (model.use_text_stage=false)")
+        if self.cfg.prototype_init == "text_centred":
+            return self.text_prototypes - self.text_prototypes.mean(dim=0, keepdim=True)
+        return self.text_prototypes
 
     def forward(
         self, images: torch.Tensor, camids: torch.Tensor | None = None, extras: bool | None = None
