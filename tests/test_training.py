@@ -213,3 +213,43 @@ def test_person_masks_reach_the_saliency_loss_only_where_the_dataset_has_them(fa
     assert "person" not in batch and "saliency_person" not in losses
     with pytest.raises(ValueError, match="saliency_source"):
         first_step(["aug.saliency_source=grabcut"])
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_a_group_clipped_apart_does_not_scale_the_other_steps(apart):
+    from dpmpp.engine.loop import Stage, run_stage
+
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    groups = [{"params": [a]}, {"params": [b], "clip_apart": apart}]
+    optimizer = torch.optim.SGD(groups, lr=1.0)
+    # a's gradient has norm 2; b's, norm 2000: under one global norm of 1, a's step would shrink 1000-fold
+    stage = Stage(
+        name="s",
+        epochs=1,
+        steps_per_epoch=1,
+        optimizer=optimizer,
+        batches=lambda epoch: [None],
+        compute=lambda batch: ({"loss": a.sum() + 1000 * b.sum()}, 1, None),
+        weights={"loss": 1.0},
+        schedule="step",
+        grad_clip=1.0,
+    )
+    run_stage(stage)
+    step_a = a.detach().norm().item()
+    assert step_a == pytest.approx(1.0 if apart else 2 / (2000**2 + 4) ** 0.5, rel=1e-4)
+    assert b.detach().norm().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_the_saliency_head_gets_its_own_clipped_group_only_when_asked(tmp_path):
+    def groups(apart: bool):
+        config = apply_overrides(load_preset("tiny"), [f"train.clip_saliency_apart={str(apart).lower()}"])
+        trainer = Trainer(config, tmp_path / f"pets09_{apart}")
+        return {g["name"]: g for g in trainer.parameter_groups()}, trainer.model
+
+    shared, model = groups(False)
+    saliency_ids = {id(p) for p in model.saliency_head.parameters()}
+    assert set(shared) == {"encoder", "head"} and saliency_ids <= {id(p) for p in shared["head"]["params"]}
+    apart, model = groups(True)
+    saliency_ids = {id(p) for p in model.saliency_head.parameters()}
+    assert apart["saliency"]["clip_apart"] and {id(p) for p in apart["saliency"]["params"]} == saliency_ids
+    assert not saliency_ids & {id(p) for p in apart["head"]["params"] + apart["encoder"]["params"]}

@@ -74,6 +74,8 @@ TRAINED = {
     # No stage 1, no image-to-text loss, W random: DPM plus patch transfer and the supervised saliency head.
     "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random"],
     # DPM plus the saliency head alone (trained on detached tokens): is the head as harmless as it should be?
+    # The saliency head's gradients clipped on their own instead of inside the global norm of every parameter.
+    "DPM++ full, saliency head clipped apart": ["train.clip_saliency_apart=true"],
     "DPM with the saliency head": [
         "model.use_text_stage=false",
         "model.prototype_init=random",
@@ -91,6 +93,7 @@ DIAGNOSTIC = {
     "DPM++ full, prototypes not from text",
     "DPM++ without the text stage",
     "DPM with the saliency head",
+    "DPM++ full, saliency head clipped apart",
 }
 MASK_OFF = "DPM++ full, test-time mask off"
 

@@ -73,7 +73,9 @@ def run_stage(
     """Train `stage` from `start_epoch` (0-based) to its end."""
     # The base rate is remembered in the group, so a resumed optimiser (whose "lr" is the decayed one) keeps it.
     base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in stage.optimizer.param_groups]
-    params = [p for group in stage.optimizer.param_groups for p in group["params"]]
+    # Groups marked "clip_apart" are clipped on their own; all the others share one global norm.
+    clip_sets = [[p for g in stage.optimizer.param_groups if not g.get("clip_apart") for p in g["params"]]]
+    clip_sets += [list(g["params"]) for g in stage.optimizer.param_groups if g.get("clip_apart")]
     started, images_seen = time.perf_counter(), 0
     total_steps = max((stage.epochs - start_epoch) * stage.steps_per_epoch, 1)
     for epoch in range(start_epoch, stage.epochs):
@@ -103,7 +105,8 @@ def run_stage(
             stage.optimizer.zero_grad(set_to_none=True)
             total.backward()
             if stage.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+                for params in clip_sets:
+                    torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
             stage.optimizer.step()
             images_seen += num_images
             if callback is not None:
