@@ -150,7 +150,7 @@ def test_client_drives_every_view(server, tmp_path):
     from gradio_client import Client, handle_file
 
     url, _ = server
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {
         "/load_model",
@@ -218,7 +218,7 @@ def test_client_trains_with_progress_and_lists_the_result(server):
     from gradio_client import Client
 
     url, checkpoints = server
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     status = client.predict(
         "pets09_occ", "", "tiny", 1, "from_client", ["dynamic mask", "text stage"], api_name="/train"
     )
@@ -369,7 +369,7 @@ def test_two_sessions_stay_independent_while_a_training_runs(server):
     from gradio_client import Client
 
     url, _ = server
-    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    first, second = Client(url, verbose=False, httpx_kwargs={"timeout": 120}), Client(url, verbose=False, httpx_kwargs={"timeout": 120})
     first.predict(3, api_name="/select_query")
     first.predict("pole", 0.5, 0.5, 1.0, api_name="/occlude_paste")
     second.predict(7, api_name="/select_query")
