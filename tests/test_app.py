@@ -369,7 +369,10 @@ def test_two_sessions_stay_independent_while_a_training_runs(server):
     from gradio_client import Client
 
     url, _ = server
-    first, second = Client(url, verbose=False, httpx_kwargs={"timeout": 120}), Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    first, second = (
+        Client(url, verbose=False, httpx_kwargs={"timeout": 120}),
+        Client(url, verbose=False, httpx_kwargs={"timeout": 120}),
+    )
     first.predict(3, api_name="/select_query")
     first.predict("pole", 0.5, 0.5, 1.0, api_name="/occlude_paste")
     second.predict(7, api_name="/select_query")
