@@ -73,9 +73,9 @@ TRAINED = {
     "DPM++ full, prototypes not from text": ["model.prototype_init=random"],
     # No stage 1, no image-to-text loss, W random: DPM plus patch transfer and the supervised saliency head.
     "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random"],
-    # DPM plus the saliency head alone (trained on detached tokens): is the head as harmless as it should be?
     # The saliency head's gradients clipped on their own instead of inside the global norm of every parameter.
     "DPM++ full, saliency head clipped apart": ["train.clip_saliency_apart=true"],
+    # DPM plus the saliency head alone (trained on detached tokens): is the head as harmless as it should be?
     "DPM with the saliency head": [
         "model.use_text_stage=false",
         "model.prototype_init=random",

@@ -230,6 +230,9 @@ class Trainer:
             epoch_box[0] = epoch
             return loader
 
+        # T is frozen in stage 2: what the alignment term pulls W toward is computed once.
+        align_targets = self.model.prototype_targets() if self.model.text_prototypes is not None else None
+
         def compute(batch: dict):
             self.model.train()
             images, pids = batch["image"].to(self.device), batch["pid"].to(self.device)
@@ -254,7 +257,7 @@ class Trainer:
                 self.config.loss,
                 prototypes=self.model.prototypes,
                 text_prototypes=self.model.text_prototypes,
-                align_targets=self.model.prototype_targets() if self.model.text_prototypes is not None else None,
+                align_targets=align_targets,
                 mixed=mixed,
                 partner_pid=partner_pid,
                 holistic_positives=aug.holistic_positives,
