@@ -110,7 +110,9 @@ class TrainCfg:
     eval_every: int = 10  # epochs between evaluations (0: only at the end)
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     grad_clip: float | None = 5.0
-    clip_saliency_apart: bool = False  # clip the saliency head's gradients on their own, not in the global norm
+    # The saliency head trains on detached tokens; clipped inside the global norm, its gradients would still
+    # scale every other parameter's step. Apart, the other weights train exactly as without the head (tested).
+    clip_saliency_apart: bool = True
 
 
 @dataclass

@@ -253,3 +253,34 @@ def test_the_saliency_head_gets_its_own_clipped_group_only_when_asked(tmp_path):
     saliency_ids = {id(p) for p in model.saliency_head.parameters()}
     assert apart["saliency"]["clip_apart"] and {id(p) for p in apart["saliency"]["params"]} == saliency_ids
     assert not saliency_ids & {id(p) for p in apart["head"]["params"] + apart["encoder"]["params"]}
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_the_saliency_head_is_inert_exactly_when_clipped_apart(apart, tmp_path):
+    """DPM with the saliency head trains on detached tokens: clipped apart, every other weight follows DPM's
+    trajectory bit for bit; inside the global norm, the head's gradients change every other step."""
+    import dataclasses
+    import itertools
+
+    from dpmpp.engine.loop import run_stage
+
+    dpm = ["model.use_text_stage=false", "model.prototype_init=random", "aug.patch_transfer=false", *FAST]
+
+    def trained(overrides: list[str], name: str) -> dict[str, torch.Tensor]:
+        trainer = Trainer(apply_overrides(load_preset("tiny"), [*dpm, *overrides]), tmp_path / name)
+        stage = trainer.stage2()
+        batches = stage.batches
+        three_steps = dataclasses.replace(
+            stage, epochs=1, batches=lambda epoch: itertools.islice(batches(epoch), 3), on_epoch_end=None
+        )
+        run_stage(three_steps)
+        return {k: v for k, v in trainer.model.state_dict().items() if not k.startswith("saliency_head.")}
+
+    without = trained(["model.saliency_head=false"], "without")
+    with_head = trained([f"train.clip_saliency_apart={str(apart).lower()}"], "with")
+    assert with_head.keys() == without.keys()
+    differing = [k for k in without if not torch.equal(without[k], with_head[k])]
+    if apart:
+        assert differing == []
+    else:
+        assert "prototypes" in differing and any(k.startswith("encoder.") for k in differing)
