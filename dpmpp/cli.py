@@ -174,6 +174,18 @@ def cmd_bench(args) -> int:
         print()
         print(paired_table([r for r in rows if r["method"] in ("DPM++ full", MASK_OFF)], MASK_OFF))
         return 0
+    if args.what == "grads":
+        from dpmpp.bench.grads import DEFAULT_ROW, format_table, record
+
+        methods = args.methods or [DEFAULT_ROW]
+        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
+        for method in methods:
+            seed = args.seeds[0] if args.seeds else 0
+            try:
+                print(format_table(record(method, epochs, seed, args.device)))
+            except ValueError as error:
+                raise SystemExit(str(error)) from None
+        return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
         from dpmpp.bench.events import event_table, load_per_query
@@ -246,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["speed", "accuracy", "masks", "events"], help="which benchmark")
+    bench.add_argument("what", choices=["speed", "accuracy", "masks", "events", "grads"], help="which benchmark")
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
-    bench.add_argument("--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row")
+    bench.add_argument(
+        "--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row; grads: epochs recorded"
+    )
     bench.add_argument("--jobs", type=int, default=1, help="accuracy: rows trained at once (processes)")
-    bench.add_argument("--methods", nargs="+", default=None, help="accuracy: only these trained rows (by name)")
+    bench.add_argument("--methods", nargs="+", default=None, help="accuracy, grads: only these trained rows (by name)")
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument(

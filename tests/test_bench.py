@@ -153,3 +153,21 @@ def test_event_table_pairs_seeds_and_adds_the_mask_off_row():
     assert clip.startswith("| CLIP-ReID | 1 | -50.0 [")  # paired on seed 0 only: 0 − mean(1, 1, 0, 0)
     off = next(line for line in lines if "mask off" in line)
     assert "| 2 | -25.0 [" in off  # half of (0.5, 0.5) per seed
+
+
+def test_grads_records_every_step_of_the_first_epochs_per_group():
+    from dpmpp.bench.grads import format_table, record
+    from tests.conftest import FAST
+
+    fast = (*FAST, "train.epochs=3")
+    shared = record("DPM with the saliency head in the global norm", epochs=1, extra=fast)
+    apart = record("DPM++ full", epochs=1, extra=fast)
+    assert shared["apart"] == [] and apart["apart"] == ["saliency"]
+    for result in (shared, apart):
+        steps = result["steps"]
+        assert len(steps) == result["steps_per_epoch"] > 1  # stopped after the first of three epochs
+        assert {"encoder", "head", "saliency", "together"} == set(steps[0])
+        assert all(s["together"] >= max(s["encoder"], s["head"]) > 0 for s in steps)
+    assert all(s["together"] >= s["saliency"] for s in shared["steps"])
+    table = format_table(shared)
+    assert "| together |" in table and f"{len(shared['steps'])} stage-2 steps over 1 epochs" in table

@@ -240,19 +240,20 @@ def test_a_group_clipped_apart_does_not_scale_the_other_steps(apart):
     assert b.detach().norm().item() == pytest.approx(1.0, rel=1e-4)
 
 
-def test_the_saliency_head_gets_its_own_clipped_group_only_when_asked(tmp_path):
+def test_the_saliency_head_is_its_own_group_clipped_apart_only_when_asked(tmp_path):
     def groups(apart: bool):
         config = apply_overrides(load_preset("tiny"), [f"train.clip_saliency_apart={str(apart).lower()}"])
         trainer = Trainer(config, tmp_path / f"pets09_{apart}")
         return {g["name"]: g for g in trainer.parameter_groups()}, trainer.model
 
-    shared, model = groups(False)
-    saliency_ids = {id(p) for p in model.saliency_head.parameters()}
-    assert set(shared) == {"encoder", "head"} and saliency_ids <= {id(p) for p in shared["head"]["params"]}
-    apart, model = groups(True)
-    saliency_ids = {id(p) for p in model.saliency_head.parameters()}
-    assert apart["saliency"]["clip_apart"] and {id(p) for p in apart["saliency"]["params"]} == saliency_ids
-    assert not saliency_ids & {id(p) for p in apart["head"]["params"] + apart["encoder"]["params"]}
+    for apart in (False, True):
+        named, model = groups(apart)
+        saliency_ids = {id(p) for p in model.saliency_head.parameters()}
+        assert set(named) == {"encoder", "head", "saliency"} and named["saliency"]["clip_apart"] is apart
+        assert {id(p) for p in named["saliency"]["params"]} == saliency_ids
+        assert not saliency_ids & {id(p) for p in named["head"]["params"] + named["encoder"]["params"]}
+        every = [id(p) for g in named.values() for p in g["params"]]
+        assert sorted(every) == sorted(id(p) for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize("apart", [False, True])

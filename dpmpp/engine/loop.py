@@ -37,6 +37,7 @@ class ProgressEvent:
     lr: float = 0.0
     metrics: dict | None = None  # set on evaluation events
     kind: str = "step"  # "step", "eval", "stage_end"
+    grad_norms: dict[str, float] = field(default_factory=dict)  # each parameter group's norm before clipping
 
 
 @dataclass
@@ -62,6 +63,16 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
     if unknown:
         raise KeyError(f"losses {unknown} have no weight in the config")
     return sum(weights[name] * value for name, value in losses.items() if weights[name] != 0)
+
+
+def group_norms(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The gradient norm of each parameter group (by its "name", else its index), as backward left it."""
+    norms = {}
+    for index, group in enumerate(optimizer.param_groups):
+        grads = [p.grad.detach() for p in group["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads else 0.0
+        norms[str(group.get("name", index))] = float(norm)
+    return norms
 
 
 def run_stage(
@@ -104,6 +115,7 @@ def run_stage(
                 )
             stage.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            norms = group_norms(stage.optimizer) if callback is not None else {}
             if stage.grad_clip:
                 for params in clip_sets:
                     torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
@@ -124,6 +136,7 @@ def run_stage(
                         images_seen / elapsed,
                         elapsed / done * max(total_steps - done, 0),
                         stage.optimizer.param_groups[0]["lr"],
+                        grad_norms=norms,
                     )
                 )
         metrics = stage.on_epoch_end(epoch + 1) if stage.on_epoch_end is not None else None

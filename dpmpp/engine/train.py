@@ -134,32 +134,29 @@ class Trainer:
 
     # ----- stage 2: dynamic masked metric -------------------------------------------------------------------
     def parameter_groups(self) -> list[dict]:
+        """Adam's groups: the encoder, the heads (larger rate), and the saliency head on its own, which is clipped
+        apart from the global gradient norm when `train.clip_saliency_apart` (the default)."""
         cfg, model = self.config.train, self.model
-        apart = cfg.clip_saliency_apart and model.saliency_head is not None
-        head_modules = [
-            m
-            for m in (model.mask_generator, None if apart else model.saliency_head, model.encoder.camera, model.neck)
-            if m is not None
-        ]
+        head_modules = [m for m in (model.mask_generator, model.encoder.camera, model.neck) if m is not None]
         head = [p for m in head_modules for p in m.parameters() if p.requires_grad]
         if model.prototypes is not None:
             head.append(model.prototypes)
-        head_ids = {id(p) for p in head}
-        encoder = [p for p in model.encoder.parameters() if id(p) not in head_ids and p.requires_grad]
+        saliency = [p for p in model.saliency_head.parameters() if p.requires_grad] if model.saliency_head else []
+        taken = {id(p) for p in head + saliency}
+        encoder = [p for p in model.encoder.parameters() if id(p) not in taken and p.requires_grad]
         groups = [
             {"name": "encoder", "params": encoder, "lr": cfg.lr_encoder, "weight_decay": cfg.weight_decay},
             {"name": "head", "params": head, "lr": cfg.lr_head, "weight_decay": cfg.weight_decay},
         ]
-        if apart:  # the head trains on detached tokens; under one global norm its gradients would still scale
+        if saliency:  # the head trains on detached tokens; under one global norm its gradients would still scale
             # every other parameter's step whenever clipping acts
-            saliency = [p for p in model.saliency_head.parameters() if p.requires_grad]
             groups.append(
                 {
                     "name": "saliency",
                     "params": saliency,
                     "lr": cfg.lr_head,
                     "weight_decay": cfg.weight_decay,
-                    "clip_apart": True,
+                    "clip_apart": cfg.clip_saliency_apart,
                 }
             )
         return groups
