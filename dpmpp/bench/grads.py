@@ -30,17 +30,19 @@ def record(
     config = apply_overrides(load_preset("tiny"), [*TRAINED[method], *extra])
     config.train.seed, config.train.eval_every = seed, 0
     steps: list[dict[str, float]] = []
-    seen: list[ProgressEvent] = []
+    done = [False]
     steps_per_epoch = [0]
 
     def callback(event: ProgressEvent) -> None:
         if event.stage == "stage2" and event.kind == "step":
-            seen.append(event)
+            if event.epoch > epochs:  # the first step past the last recorded epoch: stop before the next one
+                done[0] = True
+                return
             steps.append(dict(event.grad_norms))
             steps_per_epoch[0] = event.steps
 
     def should_stop() -> bool:
-        return bool(seen) and seen[-1].epoch == epochs and seen[-1].step == seen[-1].steps
+        return done[0]
 
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, folder, device, callback, should_stop)
