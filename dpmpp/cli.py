@@ -180,11 +180,11 @@ def cmd_bench(args) -> int:
         methods = args.methods or [DEFAULT_ROW]
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
         for method in methods:
-            seed = args.seeds[0] if args.seeds else 0
-            try:
-                print(format_table(record(method, epochs, seed, args.device)))
-            except ValueError as error:
-                raise SystemExit(str(error)) from None
+            for seed in args.seeds or [0]:
+                try:
+                    print(format_table(record(method, epochs, seed, args.device)))
+                except ValueError as error:
+                    raise SystemExit(str(error)) from None
         return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument("what", choices=["speed", "accuracy", "masks", "events", "grads"], help="which benchmark")
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
-    bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy: seeds of each trained row")
+    bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy, grads: seeds of each trained row")
     bench.add_argument(
         "--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row; grads: epochs recorded"
     )

@@ -170,4 +170,4 @@ def test_grads_records_every_step_of_the_first_epochs_per_group():
         assert all(s["together"] >= max(s["encoder"], s["head"]) > 0 for s in steps)
     assert all(s["together"] >= s["saliency"] for s in shared["steps"])
     table = format_table(shared)
-    assert "| together |" in table and f"{len(shared['steps'])} stage-2 steps over 1 epochs" in table
+    assert "| together |" in table and f"seed 0: {len(shared['steps'])} stage-2 steps over 1 epochs" in table

@@ -285,3 +285,30 @@ def test_the_saliency_head_is_inert_exactly_when_clipped_apart(apart, tmp_path):
         assert differing == []
     else:
         assert "prototypes" in differing and any(k.startswith("encoder.") for k in differing)
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_step_events_carry_pre_clip_group_norms_only_when_asked(record):
+    from dpmpp.engine.loop import Stage, run_stage
+
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([{"params": [a], "name": "a"}, {"params": [b]}], lr=1.0)
+    events = []
+    stage = Stage(
+        name="s",
+        epochs=1,
+        steps_per_epoch=5,  # nominal; the epoch's own batches say 2
+        optimizer=optimizer,
+        batches=lambda epoch: [None, None],
+        compute=lambda batch: ({"loss": a.sum() + 1000 * b.sum()}, 1, None),
+        weights={"loss": 1.0},
+        schedule="step",
+        grad_clip=1.0,
+        record_grad_norms=record,
+    )
+    run_stage(stage, callback=events.append)
+    assert [e.steps for e in events] == [2, 2]
+    if record:  # before clipping: a's gradient is (1, 1, 1, 1), b's (1000, ...); the unnamed group keeps its index
+        assert events[0].grad_norms == pytest.approx({"a": 2.0, "1": 2000.0})
+    else:
+        assert all(e.grad_norms == {} for e in events)

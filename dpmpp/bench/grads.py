@@ -21,7 +21,8 @@ DEFAULT_ROW = "DPM with the saliency head in the global norm"
 def record(
     method: str = DEFAULT_ROW, epochs: int = 3, seed: int = 0, device: str | None = None, extra: tuple[str, ...] = ()
 ) -> dict:
-    """{"steps": [{group: norm, ..., "together": norm}, ...], "steps_per_epoch", "grad_clip", "apart": [names]}."""
+    """{"steps": [{group: norm, ..., "together": norm}, ...], "steps_per_epoch" (of the first
+    epoch), "grad_clip", "apart": [names]}."""
     from dpmpp.bench.accuracy import TRAINED
     from dpmpp.engine.train import Trainer
 
@@ -39,13 +40,15 @@ def record(
                 done[0] = True
                 return
             steps.append(dict(event.grad_norms))
-            steps_per_epoch[0] = event.steps
+            if event.epoch == 1:
+                steps_per_epoch[0] = event.steps
 
     def should_stop() -> bool:
         return done[0]
 
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, folder, device, callback, should_stop)
+        trainer.record_grad_norms = True
         apart = [g["name"] for g in trainer.parameter_groups() if g.get("clip_apart")]
         try:
             trainer.run()
@@ -55,6 +58,7 @@ def record(
         norms["together"] = math.sqrt(sum(v**2 for k, v in norms.items() if k not in apart))
     return {
         "method": method,
+        "seed": seed,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch[0],
         "steps": steps,
@@ -67,8 +71,8 @@ def format_table(result: dict) -> str:
     steps, clip = result["steps"], result["grad_clip"]
     groups = list(steps[0])
     lines = [
-        f"{result['method']}: {len(steps)} stage-2 steps over {result['epochs']} epochs, clipped at {clip}"
-        + (f"; clipped apart: {', '.join(result['apart'])}" if result["apart"] else ""),
+        f"{result['method']}, seed {result['seed']}: {len(steps)} stage-2 steps over {result['epochs']} epochs, "
+        f"clipped at {clip}" + (f"; clipped apart: {', '.join(result['apart'])}" if result["apart"] else ""),
         "| gradient norm | median | 10 % | 90 % | steps above the clip |",
         "|---|---|---|---|---|",
     ]

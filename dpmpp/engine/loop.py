@@ -56,6 +56,7 @@ class Stage:
     grad_clip: float | None = None
     on_epoch_end: Callable[[int], dict | None] | None = None  # epoch (1-based) -> metrics to report, or None
     scaler: Any = None
+    record_grad_norms: bool = False  # add each group's gradient norm to the step events (`bench grads`)
 
 
 def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
@@ -90,7 +91,10 @@ def run_stage(
     started, images_seen = time.perf_counter(), 0
     total_steps = max((stage.epochs - start_epoch) * stage.steps_per_epoch, 1)
     for epoch in range(start_epoch, stage.epochs):
-        for step, batch in enumerate(stage.batches(epoch)):
+        batches = stage.batches(epoch)
+        # A P x K sampler's length can change by a batch from epoch to epoch; the schedule keeps the nominal one.
+        steps_now = len(batches) if hasattr(batches, "__len__") else stage.steps_per_epoch
+        for step, batch in enumerate(batches):
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped during {stage.name} epoch {epoch + 1}")
             factor = lr_factor(
@@ -115,7 +119,7 @@ def run_stage(
                 )
             stage.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            norms = group_norms(stage.optimizer) if callback is not None else {}
+            norms = group_norms(stage.optimizer) if stage.record_grad_norms and callback is not None else {}
             if stage.grad_clip:
                 for params in clip_sets:
                     torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
@@ -130,7 +134,7 @@ def run_stage(
                         epoch + 1,
                         stage.epochs,
                         step + 1,
-                        stage.steps_per_epoch,
+                        steps_now,
                         {"total": float(total.detach()), **values},
                         accuracy,
                         images_seen / elapsed,
@@ -146,8 +150,8 @@ def run_stage(
                     stage.name,
                     epoch + 1,
                     stage.epochs,
-                    stage.steps_per_epoch,
-                    stage.steps_per_epoch,
+                    steps_now,
+                    steps_now,
                     metrics=metrics,
                     kind="eval",
                 )

@@ -63,6 +63,7 @@ class Trainer:
         self.device = resolve_device(device, self.dist)
         self.callback = callback if self.dist.is_main else None
         self.should_stop = should_stop
+        self.record_grad_norms = False  # stage-2 step events carry each group's gradient norm (`bench grads`)
         torch.manual_seed(config.train.seed)
         self.split = load_split(config.data.name, data_root(config))
         if not self.split.train:
@@ -281,6 +282,7 @@ class Trainer:
             gamma=cfg.gamma,
             grad_clip=cfg.grad_clip,
             on_epoch_end=on_epoch_end,
+            record_grad_norms=self.record_grad_norms,
         )
 
     def person_masks(self) -> PersonMasks | None:
