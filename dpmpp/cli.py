@@ -188,7 +188,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
-        from dpmpp.bench.events import event_table, load_per_query
+        from dpmpp.bench.events import event_table, load_per_query, occluder_table
 
         out = Path(args.out or "bench/results/accuracy.csv")
         per_query = load_per_query(fill_per_query(out, args.device))
@@ -197,6 +197,9 @@ def cmd_bench(args) -> int:
         reference = args.reference or "DPM++ full"
         print(f"per-query results: {len(per_query)} (row, seed) pairs; 95 % intervals resample occlusion events")
         print(event_table(per_query, reference, mask_off_of="DPM++ full"))
+        print()
+        print("Queries hidden behind another person: does the top match find the person, or the occluder?")
+        print(occluder_table(per_query, mask_off_of="DPM++ full"))
         return 0
     from dpmpp.atomic import write_json
     from dpmpp.bench.speed import format_tables, run

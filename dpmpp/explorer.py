@@ -9,7 +9,7 @@ import pandas as pd
 
 from dpmpp.api import Embedding, Pipeline
 from dpmpp.data.records import Split
-from dpmpp.eval.extract import evaluate_similarity
+from dpmpp.eval.extract import evaluate_similarity, top_match_pids
 from dpmpp.eval.metrics import ReIDMetrics, evaluate
 
 OCCLUSION_BINS = (0.15, 0.3, 0.5, 1.01)  # query occluded-fraction bins (pets09_occ queries start at 0.15)
@@ -150,8 +150,10 @@ class BenchmarkExplorer:
         return min(candidates, key=lambda i: (abs(self.split.gallery[i].meta.get("frame", 0) - frame), i))
 
     def query_table(self, use_mask: bool = True) -> pd.DataFrame:
-        """One row per query: identity, occlusion, AP with the mask on and off, and against its clean counterpart."""
+        """One row per query: identity, occlusion (and the person in front, when one hides it), AP with the mask on
+        and off and against its clean counterpart, the first true match's rank, and the top match's identity."""
         masked, plain = self.metrics(use_mask), self.metrics(False)
+        top = top_match_pids(self.split, self.similarity(self._key(use_mask)))
         counterparts = [self.clean_counterpart(i) for i in range(len(self.split.query))]
         clean_ap = self._counterpart_ap(counterparts, use_mask)
         rows = []
@@ -170,9 +172,11 @@ class BenchmarkExplorer:
                     "AP clean": round(clean_ap[i], 4),
                     "ΔAP clean→occluded": round(float(masked.ap[i]) - clean_ap[i], 4),
                     "first true rank": int(masked.first_true_rank[i]),
+                    "top match": int(top[i]),
+                    "occluding person": int(record.meta.get("occluder_pid") or 0) or None,
                 }
             )
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows).astype({"occluding person": "Int64"})  # empty where no person hides the query
 
     def _counterpart_ap(self, counterparts: list[int | None], use_mask: bool) -> list[float]:
         chosen = sorted({c for c in counterparts if c is not None})

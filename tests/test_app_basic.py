@@ -34,6 +34,19 @@ def test_per_query_ap_and_first_rank_match_the_metric(explorer):
             assert not any(correct)
 
 
+def test_query_table_names_the_top_match_and_the_person_in_front(explorer):
+    table = explorer.query_table()
+    for index in range(0, len(explorer.split.query), 5):
+        assert table["top match"][index] == explorer.retrieve(index, top_k=1).items[0].pid
+    behind = table["occluder"] == "person"
+    assert behind.any() and table.loc[behind, "occluding person"].notna().all()
+    assert table.loc[~behind, "occluding person"].isna().all()
+    assert (table.loc[behind, "occluding person"] != table.loc[behind, "person"]).all()
+    # on a miss behind a person, the table can say whether the model found the occluder instead
+    misses = behind & (table["first true rank"] != 1)
+    assert (table.loc[misses, "top match"] != table.loc[misses, "person"]).all()
+
+
 def test_retrieve_handler_renders_a_strip():
     import app
 

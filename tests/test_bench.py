@@ -155,6 +155,40 @@ def test_event_table_pairs_seeds_and_adds_the_mask_off_row():
     assert "| 2 | -25.0 [" in off  # half of (0.5, 0.5) per seed
 
 
+def test_top_match_obeys_the_protocol_and_the_occluder_table_counts_it():
+    import pandas as pd
+
+    from dpmpp.bench.events import occluder_table
+    from dpmpp.data.records import ReIDRecord, Split
+    from dpmpp.eval.extract import top_match_pids
+
+    query = [ReIDRecord("q0", 1, 5), ReIDRecord("q1", 2, 6)]
+    gallery = [ReIDRecord("g0", 1, 5), ReIDRecord("g1", 3, 7), ReIDRecord("g2", 2, 8)]
+    sim = np.array([[0.9, 0.5, 0.1], [0.2, 0.3, 0.4]])
+    # q0's best crop is its own track (same identity and camera): excluded, so person 3 is its top match
+    assert top_match_pids(Split([], query, gallery), sim).tolist() == [3, 2]
+
+    def frame(top1, top1_off):
+        return pd.DataFrame(
+            {
+                "occluder_pid": [3, 3, 4, -1],
+                "rank1": [0.0, 1.0, 0.0, 0.0],
+                "top1_pid": top1,
+                "ap_no_mask": [1.0, 1.0, 1.0, 1.0],
+                "rank1_no_mask": [1.0, 1.0, 1.0, 0.0],
+                "top1_pid_no_mask": top1_off,
+            }
+        )
+
+    per_query = {("A", "0"): frame([3, 1, 5, 3], [1, 1, 1, 3]), ("A", "1"): frame([3, 1, 4, 3], [1, 1, 1, 3])}
+    lines = occluder_table(per_query, mask_off_of="A").splitlines()
+    row = next(line for line in lines if line.startswith("| A |"))
+    # three queries behind a person; rank-1 1/3; the occluder on top 1/3 (seed 0) and 2/3 (seed 1)
+    assert row == "| A | 2 | 3 | 33.3 ± 0.0 | 50.0 ± 23.6 | 75.0 ± 35.4 |"
+    off = next(line for line in lines if "mask off" in line)
+    assert off == "| A, test-time mask off | 2 | 3 | 100.0 ± 0.0 | 0.0 ± 0.0 | – |"
+
+
 def test_grads_records_every_step_of_the_first_epochs_per_group():
     from dpmpp.bench.grads import format_table, record
     from tests.conftest import FAST

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dpmpp.data.build_pets09 import Protocol, build, manifest_text, plan, read_groups, read_gt
 from dpmpp.data.datasets import DatasetLayoutError, load_split
-from dpmpp.data.pets09_geometry import Box, occlusion
+from dpmpp.data.pets09_geometry import Box, occluding_track, occlusion
 from dpmpp.paths import ASSETS
 
 BENCH = ASSETS / "pets09_occ"
@@ -71,6 +71,24 @@ def test_occlusion_geometry():
     assert alone == 0 and kind_alone == "none"
     cut, kind_cut, _ = occlusion(Box(1, 4, -15, 300, 30, 80), [])
     assert kind_cut == "border" and cut == pytest.approx(0.5, abs=0.02)
+
+
+def test_the_occluding_person_is_the_nearer_one_hiding_most():
+    far = Box(1, 1, 300, 100, 40, 100)
+    slight = Box(1, 7, 335, 160, 40, 100)  # nearer, hides a 5-px strip
+    heavy = Box(1, 2, 320, 150, 40, 100)  # nearer, hides a quarter
+    behind = Box(1, 9, 300, 90, 40, 100)  # overlaps most but stands farther away: it hides nothing
+    assert occluding_track(far, [far, slight, heavy, behind]) == 2
+    assert occluding_track(far, [far, slight, behind]) == 7
+    assert occluding_track(heavy, [far, heavy, behind]) is None
+
+
+def test_manifest_names_the_occluding_person_of_person_occluded_crops():
+    split = load_split("pets09_occ", BENCH)
+    records = split.train + split.query + split.gallery
+    behind_person = [r for r in records if r.meta["occluder"] == "person"]
+    assert behind_person and all(int(r.meta["occluder_pid"]) not in (0, r.pid) for r in behind_person)
+    assert all(r.meta["occluder_pid"] == "" for r in records if r.meta["occluder"] != "person")
 
 
 def _synthetic_source(tmp_path: Path):

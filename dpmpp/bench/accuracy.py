@@ -191,12 +191,16 @@ def run_name(method: str, seed) -> str:
     return f"{method.replace(' ', '_').replace('/', '').replace(',', '')}_seed{seed}"
 
 
+def per_query_results(folder: Path, method: str, seed, device: str, where: str | None = None) -> pd.DataFrame:
+    """The checkpoint's per-query results on pets09_occ, labelled with its row."""
+    split = load_split("pets09_occ", ASSETS / "pets09_occ")
+    return checkpoint_per_query(folder, split, where).assign(method=method, seed=seed, device=device)
+
+
 def save_per_query(folder: Path, method: str, seed, device: str, out_dir: Path, where: str | None = None) -> Path:
     """Write the checkpoint's per-query results on pets09_occ (what `bench events` reads), atomically."""
-    split = load_split("pets09_occ", ASSETS / "pets09_occ")
-    frame = checkpoint_per_query(folder, split, where).assign(method=method, seed=seed, device=device)
     path = out_dir / f"{run_name(method, seed)}.csv"
-    write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    write_text(path, per_query_results(folder, method, seed, device, where).to_csv(index=False, float_format="%.6g"))
     return path
 
 
@@ -350,10 +354,11 @@ def paired_table(rows: list[dict], reference: str = "CLIP-ReID two stages, no ma
 
 
 def fill_per_query(out_csv: Path, device: str | None = None) -> Path:
-    """Write the missing per-query files of `out_csv`'s trained rows from the checkpoints in its runs folder.
+    """Write the missing per-query files of `out_csv`'s trained rows from the checkpoints in its runs folder, and
+    rewrite those written before each query's top match was recorded.
 
     A checkpoint whose per-query means do not reproduce its row of the CSV (to 0.1 point) is skipped with a
-    warning: it is not the model that row measured.
+    warning, and an existing file is kept: it is not the model that row measured.
     """
     runs, per_query = run_folders(out_csv)
     for row in read_rows(out_csv):
@@ -361,13 +366,13 @@ def fill_per_query(out_csv: Path, device: str | None = None) -> Path:
             continue
         folder = runs / run_name(row["method"], row["seed"])
         target = per_query / f"{folder.name}.csv"
-        if target.exists() or not folder.is_dir():
+        if not folder.is_dir() or (target.exists() and "top1_pid" in pd.read_csv(target, nrows=0).columns):
             continue
-        path = save_per_query(folder, row["method"], row["seed"], row["device"], per_query, device)
-        frame = pd.read_csv(path)
+        frame = per_query_results(folder, row["method"], row["seed"], row["device"], device)
         measured = (100 * frame["rank1"].mean(), 100 * frame["ap"].mean())
         expected = (float(row["occ_rank1"]), float(row["occ_mAP"]))
         if max(abs(a - b) for a, b in zip(measured, expected)) > 0.1:
-            path.unlink()
             logger.warning("%s does not reproduce its row (%s vs %s); skipped", folder, measured, expected)
+            continue
+        write_text(target, frame.to_csv(index=False, float_format="%.6g"))
     return per_query

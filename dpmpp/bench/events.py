@@ -41,20 +41,30 @@ def occlusion_events(records: Sequence[ReIDRecord], max_gap: int = MAX_GAP) -> n
     return events
 
 
-def per_query_frame(records: Sequence[ReIDRecord], ap: np.ndarray, first_true_rank: np.ndarray) -> pd.DataFrame:
-    """One row per query: file, identity, event, occluder, occluded fraction, AP and rank-1 (NaN if skipped)."""
+def per_query_frame(
+    records: Sequence[ReIDRecord],
+    ap: np.ndarray,
+    first_true_rank: np.ndarray,
+    top1_pid: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One row per query: file, identity, event, occluder (type and, for a person, its identity or -1), occluded
+    fraction, AP and rank-1 (NaN if skipped), and the identity of the top-ranked gallery crop when given."""
     valid = np.asarray(first_true_rank) > 0
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "file": [Path(r.path).name for r in records],
             "pid": [r.pid for r in records],
             "event": occlusion_events(records),
             "occluder": [r.meta.get("occluder", "") for r in records],
+            "occluder_pid": [int(r.meta.get("occluder_pid") or -1) for r in records],
             "occluded": [float(r.meta.get("occluded_fraction", np.nan)) for r in records],
             "ap": np.where(valid, np.asarray(ap, dtype=float), np.nan),
             "rank1": np.where(valid, (np.asarray(first_true_rank) == 1).astype(float), np.nan),
         }
     )
+    if top1_pid is not None:
+        frame["top1_pid"] = np.where(valid, np.asarray(top1_pid), -1)
+    return frame
 
 
 def event_weighted(values: np.ndarray, events: np.ndarray) -> float:
@@ -108,16 +118,19 @@ def checkpoint_per_query(folder: str | Path, split, device: str | None = None) -
     """Per-query AP and rank-1 of a checkpoint on `split`, with the mask on (`ap`, `rank1`) and, for a model with
     a mask, off (`ap_no_mask`, `rank1_no_mask`)."""
     from dpmpp.api import Pipeline
-    from dpmpp.eval.extract import evaluate_similarity
+    from dpmpp.eval.extract import evaluate_similarity, top_match_pids
 
     pipeline = Pipeline.from_checkpoint(folder, device)
     query, gallery = pipeline.embed_records(split.query), pipeline.embed_records(split.gallery)
-    masked = evaluate_similarity(split, pipeline.similarity(query, gallery, use_mask=True))
-    frame = per_query_frame(split.query, masked.ap, masked.first_true_rank)
+    sim = np.asarray(pipeline.similarity(query, gallery, use_mask=True))
+    masked = evaluate_similarity(split, sim)
+    frame = per_query_frame(split.query, masked.ap, masked.first_true_rank, top_match_pids(split, sim))
     if pipeline.has_mask:
-        plain = evaluate_similarity(split, pipeline.similarity(query, gallery, use_mask=False))
-        unmasked = per_query_frame(split.query, plain.ap, plain.first_true_rank)
+        sim = np.asarray(pipeline.similarity(query, gallery, use_mask=False))
+        plain = evaluate_similarity(split, sim)
+        unmasked = per_query_frame(split.query, plain.ap, plain.first_true_rank, top_match_pids(split, sim))
         frame["ap_no_mask"], frame["rank1_no_mask"] = unmasked["ap"], unmasked["rank1"]
+        frame["top1_pid_no_mask"] = unmasked["top1_pid"]
     return frame
 
 
@@ -130,15 +143,24 @@ def load_per_query(folder: Path) -> dict[tuple[str, str], pd.DataFrame]:
     return out
 
 
+def with_mask_off(per_query: dict[tuple[str, str], pd.DataFrame], of: str) -> dict[tuple[str, str], pd.DataFrame]:
+    """`per_query` plus row `of`'s checkpoints scored with the test-time mask off, named "<of>, test-time mask off"."""
+    frames = dict(per_query)
+    for (method, seed), frame in per_query.items():
+        if of and method == of and "ap_no_mask" in frame:
+            off = frame.assign(ap=frame["ap_no_mask"], rank1=frame["rank1_no_mask"])
+            if "top1_pid_no_mask" in frame:
+                off = off.assign(top1_pid=frame["top1_pid_no_mask"])
+            else:
+                off = off.drop(columns=["top1_pid"], errors="ignore")
+            frames[(f"{of}, test-time mask off", seed)] = off
+    return frames
+
+
 def event_table(per_query: dict[tuple[str, str], pd.DataFrame], reference: str, mask_off_of: str = "") -> str:
     """Markdown: each row's paired difference to `reference` (same seeds), by query and by event, with 95 %
     intervals that resample events. `mask_off_of` adds that row's checkpoints with the test-time mask off."""
-    frames = dict(per_query)
-    if mask_off_of:
-        for (method, seed), frame in per_query.items():
-            if method == mask_off_of and "ap_no_mask" in frame:
-                off = frame.assign(ap=frame["ap_no_mask"], rank1=frame["rank1_no_mask"])
-                frames[(f"{mask_off_of}, test-time mask off", seed)] = off
+    frames = with_mask_off(per_query, mask_off_of)
     lines = [
         f"| row − {reference} | seeds | Δ rank-1, by query | Δ mAP, by query | Δ rank-1, by event | Δ mAP, by event |",
         "|---|---|---|---|---|---|",
@@ -157,3 +179,35 @@ def event_table(per_query: dict[tuple[str, str], pd.DataFrame], reference: str, 
                 cells.append(f"{point:+.1f} [{low:+.1f}, {high:+.1f}]")
         lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def occluder_table(per_query: dict[tuple[str, str], pd.DataFrame], mask_off_of: str = "") -> str:
+    """Markdown: on the queries hidden behind another person, how often each row finds the person and how often
+    its top match is the occluding person instead (means over seeds, ± std). Frames without `top1_pid` (written
+    before it was recorded) are left out."""
+    lines = [
+        "| row | seeds | queries | rank-1 | top match is the occluder | misses that are the occluder |",
+        "|---|---|---|---|---|---|",
+    ]
+    methods: dict[str, list[tuple[float, float, float]]] = {}
+    count = 0
+    for (method, _), frame in with_mask_off(per_query, mask_off_of).items():
+        if "top1_pid" not in frame or "occluder_pid" not in frame:
+            continue
+        behind = frame[(frame["occluder_pid"] > 0) & frame["rank1"].notna()]
+        count = len(behind)
+        occluder = (behind["top1_pid"] == behind["occluder_pid"]).to_numpy(float)
+        hit = behind["rank1"].to_numpy(float)
+        misses = occluder[hit == 0].mean() if (hit == 0).any() else np.nan
+        methods.setdefault(method, []).append((hit.mean(), occluder.mean(), misses))
+    for method, values in methods.items():
+        cells = [_mean_std(100 * np.array(column)) for column in zip(*values)]
+        lines.append(f"| {method} | {len(values)} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _mean_std(values: np.ndarray) -> str:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return "–"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"

@@ -22,7 +22,7 @@ from PIL import Image
 from dpmpp.atomic import atomic_path, write_text
 from dpmpp.data.build_occluders import clear_scene_frame, write_bank
 from dpmpp.data.foreground import BACKGROUND, box_slice, median_background
-from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occlusion, read_gt
+from dpmpp.data.pets09_geometry import FRAME_HEIGHT, FRAME_WIDTH, Box, occluding_track, occlusion, read_gt
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ MANIFEST_COLUMNS = [
     "occluded_fraction",
     "split",
     "role",
+    "occluder_pid",
 ]
 
 
@@ -109,6 +110,7 @@ def plan(boxes: list[Box], groups: dict[int, str], protocol: Protocol) -> list[d
         if role is None:
             continue
         person = groups[box.track]
+        occluding = occluding_track(box, by_frame[box.frame]) if fraction > 0 and occluder == "person" else None
         rows.append(
             {
                 "path": f"crops/{role}/{person}_t{box.track:02d}_f{box.frame:04d}.jpg",
@@ -125,6 +127,7 @@ def plan(boxes: list[Box], groups: dict[int, str], protocol: Protocol) -> list[d
                 "occluded_fraction": f"{fraction:.4f}",
                 "split": split,
                 "role": role,
+                "occluder_pid": pid_of[groups[occluding]] if occluding is not None else "",
             }
         )
     return _drop_unanswerable_queries(rows)

@@ -73,6 +73,20 @@ def occlusion(box: Box, same_frame: list[Box]) -> tuple[float, str, dict[str, fl
     return total, kind, fractions
 
 
+def occluding_track(box: Box, same_frame: list[Box]) -> int | None:
+    """The track of the nearer person that hides the largest part of `box` (ties: the lower track id), or None."""
+    x0, y0, x1, y1 = box.pixel_bounds()
+    best, best_area = None, 0
+    for other in sorted(same_frame, key=lambda b: b.track):
+        if other.track == box.track or other.bottom <= box.bottom:  # only persons nearer the camera occlude
+            continue
+        ox0, oy0, ox1, oy1 = other.pixel_bounds()
+        area = max(0, min(x1, ox1) - max(x0, ox0)) * max(0, min(y1, oy1) - max(y0, oy0))
+        if area > best_area:
+            best, best_area = other.track, area
+    return best
+
+
 def read_gt(gt_path: str | Path) -> list[Box]:
     """MOTChallenge gt.txt rows with conf 1 (evaluated boxes); frame numbers are 1-based."""
     rows = np.loadtxt(gt_path, delimiter=",", ndmin=2)

@@ -70,3 +70,12 @@ def evaluate_features(
     return evaluate_similarity(
         split, similarity(query_feats, query_masks, gallery_feats, gallery_masks, use_mask, symmetric)
     )
+
+
+def top_match_pids(split, sim) -> np.ndarray:
+    """[Q] identity of each query's best gallery match under the protocol (same identity and camera removed)."""
+    sim = np.array(sim, dtype=float)  # a copy: the excluded entries are overwritten
+    q_pids, g_pids = np.array([r.pid for r in split.query]), np.array([r.pid for r in split.gallery])
+    q_cams, g_cams = np.array([r.camid for r in split.query]), np.array([r.camid for r in split.gallery])
+    sim[(q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])] = -np.inf
+    return g_pids[sim.argmax(axis=1)]
