@@ -73,7 +73,9 @@ EXPLAIN_RETRIEVAL = (
 EXPLAIN_METRIC = (
     "Rank-1: share of queries whose best match is correct. mAP: mean of the per-query average precision. "
     "ΔAP clean→occluded compares each query with its clean counterpart, the same person on the same track a few "
-    "frames away, unoccluded."
+    "frames away, unoccluded. *top match* is the identity of the best gallery crop; *occluding person* is the "
+    "identity of the person in front, for a query hidden behind another person. When the two agree on a miss, the "
+    "model recognised the occluder instead of the person."
 )
 
 
