@@ -188,7 +188,7 @@ def cmd_bench(args) -> int:
         return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
-        from dpmpp.bench.events import event_table, load_per_query, occluder_table
+        from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
 
         out = Path(args.out or "bench/results/accuracy.csv")
         per_query = load_per_query(fill_per_query(out, args.device))
@@ -200,6 +200,8 @@ def cmd_bench(args) -> int:
         print()
         print("Queries hidden behind another person: does the top match find the person, or the occluder?")
         print(occluder_table(per_query, mask_off_of="DPM++ full"))
+        print()
+        print(occluder_bins_table(per_query, reference))
         return 0
     from dpmpp.atomic import write_json
     from dpmpp.bench.speed import format_tables, run

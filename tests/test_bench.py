@@ -189,6 +189,25 @@ def test_top_match_obeys_the_protocol_and_the_occluder_table_counts_it():
     assert off == "| A, test-time mask off | 2 | 3 | 100.0 ± 0.0 | 0.0 ± 0.0 | – |"
 
 
+def test_occluder_bins_split_the_queries_behind_a_person_by_fraction_hidden():
+    import pandas as pd
+
+    from dpmpp.bench.events import occluder_bins_table
+
+    frame = pd.DataFrame(
+        {
+            "occluder_pid": [3, 3, 4, 4, -1],
+            "occluded": [0.2, 0.25, 0.8, 1.0, 0.9],
+            "rank1": [1.0, 0.0, 0.0, 0.0, 1.0],
+            "top1_pid": [1, 3, 4, 2, 1],
+        }
+    )
+    lines = occluder_bins_table({("A", "0"): frame}, "A").splitlines()
+    assert "| [0.15, 0.30) | 2 | 50.0 | 50.0 |" in lines
+    assert "| [0.70, 1.00] | 2 | 0.0 | 50.0 |" in lines  # fully hidden counts in the last bin
+    assert "| [0.30, 0.50) | 0 | – | – |" in lines
+
+
 def test_grads_records_every_step_of_the_first_epochs_per_group():
     from dpmpp.bench.grads import format_table, record
     from tests.conftest import FAST

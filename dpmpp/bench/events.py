@@ -206,6 +206,34 @@ def occluder_table(per_query: dict[tuple[str, str], pd.DataFrame], mask_off_of: 
     return "\n".join(lines)
 
 
+BEHIND_BINS = (0.15, 0.3, 0.5, 0.7, 1.0)
+
+
+def occluder_bins_table(per_query: dict[tuple[str, str], pd.DataFrame], method: str) -> str:
+    """Markdown: for row `method`, the queries behind another person by the fraction hidden: how many, rank-1, and
+    how often the top match is the occluding person (means over the row's seeds)."""
+    frames = [f for (m, _), f in per_query.items() if m == method and "top1_pid" in f and "occluder_pid" in f]
+    lines = [
+        f"| {method}: fraction hidden by a person | queries | rank-1 | top match is the occluder |",
+        "|---|---|---|---|",
+    ]
+    if not frames:
+        return "\n".join(lines)
+    for low, high in zip(BEHIND_BINS[:-1], BEHIND_BINS[1:]):
+        last = high == BEHIND_BINS[-1]
+        parts = []
+        for frame in frames:
+            hidden = frame["occluded"]
+            inside = (frame["occluder_pid"] > 0) & (hidden >= low) & ((hidden <= high) if last else (hidden < high))
+            part = frame[inside & frame["rank1"].notna()]
+            parts.append((len(part), part["rank1"].mean(), (part["top1_pid"] == part["occluder_pid"]).mean()))
+        count, rank1, occluder = (np.array(column, dtype=float) for column in zip(*parts))
+        closing = "]" if last else ")"
+        cells = f"{100 * np.nanmean(rank1):.1f} | {100 * np.nanmean(occluder):.1f}" if count.sum() > 0 else "– | –"
+        lines.append(f"| [{low:.2f}, {high:.2f}{closing} | {int(count[0])} | {cells} |")
+    return "\n".join(lines)
+
+
 def _mean_std(values: np.ndarray) -> str:
     values = values[~np.isnan(values)]
     if len(values) == 0:
