@@ -189,6 +189,10 @@ def test_client_drives_every_view(server, tmp_path):
     assert "Active dimensions" in counts and json.loads(figure["plot"])["data"]
     table, _, _ = client.predict("all", 0, False, api_name="/failures")
     assert len(table["data"]) == 213
+    headers = table["headers"]
+    person, kind = headers.index("occluding person"), headers.index("occluder")
+    assert "top match" in headers
+    assert all((row[person] is not None) == (row[kind] == "person") for row in table["data"])
     canvas, note = client.predict("correctness", api_name="/umap")
     assert "UMAP" in note and len(json.loads(canvas["figure"])["data"]) == 4  # gallery, query, prototypes, trail
     assert sum(1 for url in canvas["thumbs"] if url.startswith("/gradio_api/file=")) == 754 + 213
