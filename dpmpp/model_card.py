@@ -24,7 +24,7 @@ def model_card_markdown(checkpoint: str | Path) -> str:
         f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
         f"{'on' if config.model.use_text_stage else 'off'}, patch transfer "
         f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
-        f", class-ignoring {'on' if config.aug.class_ignoring else 'off'}",
+        f", class-ignoring {_class_ignoring(config.aug.class_ignoring)}",
     ]
     for split, results in metrics.get("final", {}).items():
         for mode, m in results.items():
@@ -33,3 +33,9 @@ def model_card_markdown(checkpoint: str | Path) -> str:
                 f"mINP {100 * m['mINP']:.1f}"
             )
     return "\n".join(lines)
+
+
+def _class_ignoring(setting) -> str:
+    if setting == "auto":
+        return "auto (off where person silhouettes guide the transfer)"
+    return "on" if setting else "off"

@@ -287,6 +287,40 @@ def test_the_saliency_head_is_inert_exactly_when_clipped_apart(apart, tmp_path):
         assert "prototypes" in differing and any(k.startswith("encoder.") for k in differing)
 
 
+def test_auto_class_ignoring_is_off_exactly_when_silhouettes_guide_the_transfer(tmp_path):
+    """Guided by the benchmark's person silhouettes, "auto" trains bit for bit as class-ignoring off; SPT's rule
+    (on) changes the weights; guided by the saliency head, "auto" is SPT's rule."""
+    import dataclasses
+    import itertools
+
+    from dpmpp.engine.loop import run_stage
+
+    def trained(overrides: list[str], name: str) -> dict[str, torch.Tensor]:
+        trainer = Trainer(
+            apply_overrides(load_preset("tiny"), [*FAST, "train.stage1_epochs=0", *overrides]), tmp_path / name
+        )
+        stage = trainer.stage2()
+        batches = stage.batches
+        three_steps = dataclasses.replace(
+            stage, epochs=1, batches=lambda epoch: itertools.islice(batches(epoch), 3), on_epoch_end=None
+        )
+        run_stage(three_steps)
+        return trainer.model.state_dict()
+
+    def same(a, b) -> bool:
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    runs = {value: trained([f"aug.class_ignoring={value}"], value.strip('"')) for value in ('"auto"', "false", "true")}
+    assert same(runs['"auto"'], runs["false"]) and not same(runs["true"], runs["false"])
+    head = {
+        value: trained(["aug.saliency_source=head", f"aug.class_ignoring={value}"], "head" + value.strip('"'))
+        for value in ('"auto"', "true", "false")
+    }
+    assert same(head['"auto"'], head["true"]) and not same(head["true"], head["false"])
+    with pytest.raises(ValueError, match="aug.class_ignoring must be"):
+        Trainer(apply_overrides(load_preset("tiny"), [*FAST, "aug.class_ignoring=1"]), tmp_path / "bad").stage2()
+
+
 @pytest.mark.parametrize("record", [False, True])
 def test_step_events_carry_pre_clip_group_norms_only_when_asked(record):
     from dpmpp.engine.loop import Stage, run_stage

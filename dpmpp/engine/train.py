@@ -42,6 +42,24 @@ def num_cameras_of(split: Split) -> int:
     return max(r.camid for r in split.train + split.query + split.gallery) + 1
 
 
+CLASS_IGNORING = (True, False, "auto")
+
+
+def class_ignoring_active(setting, silhouettes: bool) -> bool:
+    """Whether a mixed sample's partner identity is ignored (SPT's class-ignoring) in this training.
+
+    Class-ignoring exists because the pasted pixels may show the partner's person, and then the partner's identity
+    is in the image. "auto" trusts that premise only when the learnt saliency head chose what was pasted: guided by
+    the dataset's person silhouettes, the pasted pixels lie outside the partner's person by construction (on
+    pets09_occ a median 7 % of it, and 1 % of mixed samples carry a quarter or more), and ignoring the partner
+    would only drop valid supervision: its logit from every cross-entropy and its images (23 % of the batch's
+    negatives) from the triplet.
+    """
+    if setting not in CLASS_IGNORING or not isinstance(setting, (bool, str)):
+        raise ValueError(f'aug.class_ignoring must be true, false or "auto"; got {setting!r}')
+    return (not silhouettes) if setting == "auto" else bool(setting)
+
+
 def _seed_epoch(seed: int, epoch: int, stage_index: int) -> None:
     # Re-seeding at every epoch boundary makes a resumed run repeat the uninterrupted one exactly.
     torch.manual_seed(seed * 1_000_003 + stage_index * 10_007 + epoch)
@@ -238,13 +256,11 @@ class Trainer:
             mixed = partner_pid = None
             person = batch["person"].to(self.device) if "person" in batch else None  # [B, 1, H, W]
             if transfer.enabled and epoch_box[0] >= aug.warmup_epochs:
-                if person is not None and aug.saliency_source == "auto":
-                    guide = patch_fraction(person, patch)
-                else:
-                    guide = self.model.saliency(images, camids)
+                silhouettes = person is not None and aug.saliency_source == "auto"
+                guide = patch_fraction(person, patch) if silhouettes else self.model.saliency(images, camids)
                 result = transfer(images, guide, pids)
                 images, mixed = result.images, result.mixed
-                partner_pid = result.partner_pid if aug.class_ignoring else None
+                partner_pid = result.partner_pid if class_ignoring_active(aug.class_ignoring, silhouettes) else None
                 if person is not None:  # the mixed image's person mask, composed like its pixels
                     person = compose(person, result.partner, result.shift, result.region, tuple(patch))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -288,6 +304,7 @@ class Trainer:
     def person_masks(self) -> PersonMasks | None:
         """The dataset's person masks, when it has them and the saliency head or patch transfer will use them."""
         aug, loss = self.config.aug, self.config.loss
+        class_ignoring_active(aug.class_ignoring, False)  # a bad value fails here, before any training
         if aug.saliency_source not in ("auto", "head"):
             raise ValueError(f"aug.saliency_source must be 'auto' or 'head'; got {aug.saliency_source!r}")
         if self.model.saliency_head is None:
