@@ -81,7 +81,7 @@ class AugCfg:
     max_shift: int | None = None  # largest circular shift of the anchor, in patch columns; None: any (SPT)
     transfer_region: str = "partner"  # "partner": all of it outside its person (SPT); "anchor_person": only the
     # anchor's person patches the partner's person does not cover, so real occluders of the anchor stay (R)
-    class_ignoring: bool | str = True  # partner identity excluded from CE logits and triplet negatives; "auto":
+    class_ignoring: bool | str = "auto"  # partner identity excluded from CE logits and triplet negatives; "auto":
     # only when the saliency head guides the transfer, not the dataset's person silhouettes (see engine.train)
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = 0.5  # binarisation of the saliency map

@@ -45,7 +45,7 @@ def training_config(
     config.model.use_text_stage = "text stage" in switches
     config.aug.patch_transfer = "patch transfer" in switches
     config.aug.occlusion_pairing = "occlusion-aware pairing" in switches
-    config.aug.class_ignoring = "class-ignoring" in switches
+    config.aug.class_ignoring = config.aug.class_ignoring if "class-ignoring" in switches else False
     config.loss.orth_weight = config.loss.orth_weight if "head orthogonality" in switches else 0.0
     return config
 

@@ -37,6 +37,9 @@ COLUMNS = (
 NO_SALIENCY = ["model.saliency_head=false", "aug.patch_transfer=false", "loss.orth_weight=0"]
 # Trained rows: config overrides on the tiny preset. The "mask off" row re-evaluates the full model's checkpoint.
 # None: a peer's own training code (dpmpp/bench/peers.py) on the same batches, input size and epochs.
+# Follow-up rows of DPM++ full trained before aug.class_ignoring became "auto" keep SPT's class-ignoring, as
+# they were trained: compare them with "DPM++ full, class-ignoring always on (SPT)".
+CI_ON = "aug.class_ignoring=true"
 TRAINED = {
     OSNET: None,
     "ID + triplet (our backbone)": [
@@ -54,27 +57,30 @@ TRAINED = {
     ],
     "DPM++ without patch transfer": ["aug.patch_transfer=false"],
     "DPM++ without pairing / class-ignoring": ["aug.occlusion_pairing=false", "aug.class_ignoring=false"],
-    "DPM++ without class-ignoring": ["aug.class_ignoring=false"],
     "DPM++ full": [],
+    # SPT's class-ignoring whatever guides the transfer (the default before aug.class_ignoring became "auto").
+    "DPM++ full, class-ignoring always on (SPT)": [CI_ON],
+    # Where person silhouettes guide the transfer (pets09_occ), this trains exactly as DPM++ full does.
+    "DPM++ without class-ignoring": ["aug.class_ignoring=false"],
     # SPT's own recipe: the unsupervised saliency head guides the transfer (it learns the background here).
     "DPM++ full, transfer guided by the saliency head": ["aug.saliency_source=head", "loss.saliency_person_weight=0"],
     "DPM++ full + masked pair loss (R)": ["loss.masked_pair_weight=1"],
     # Person masks with nearer persons' boxes cut out, so that person-on-person occlusion is transferred too.
-    "DPM++ full, nearer persons transferred as occluders": ["aug.nearer_persons_occlude=true"],
+    "DPM++ full, nearer persons transferred as occluders": ["aug.nearer_persons_occlude=true", CI_ON],
     # The anchor is never shifted: a circular shift wraps part of the person around the crop's edge.
-    "DPM++ full, anchor not shifted": ["aug.max_shift=0"],
+    "DPM++ full, anchor not shifted": ["aug.max_shift=0", CI_ON],
     # Only the anchor's own person patches receive the partner's pixels: a real occluder of the anchor stays.
-    "DPM++ full, transfer onto the anchor's person only": ["aug.transfer_region=anchor_person"],
+    "DPM++ full, transfer onto the anchor's person only": ["aug.transfer_region=anchor_person", CI_ON],
     # Half the dose of synthetic occlusion: does the cost of patch transfer scale with how often it is applied?
-    "DPM++ full, transfer probability 0.25": ["aug.transfer_prob=0.25"],
+    "DPM++ full, transfer probability 0.25": ["aug.transfer_prob=0.25", CI_ON],
     # The text features share one direction (mean pairwise cosine about 0.5); W starts without it.
-    "DPM++ full, prototypes from centred text": ["model.prototype_init=text_centred"],
+    "DPM++ full, prototypes from centred text": ["model.prototype_init=text_centred", CI_ON],
     # W starts random; the text stage still supervises p through the image-to-text loss.
-    "DPM++ full, prototypes not from text": ["model.prototype_init=random"],
+    "DPM++ full, prototypes not from text": ["model.prototype_init=random", CI_ON],
     # No stage 1, no image-to-text loss, W random: DPM plus patch transfer and the supervised saliency head.
-    "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random"],
+    "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random", CI_ON],
     # Before train.clip_saliency_apart: the saliency head's gradients counted in the one global norm.
-    "DPM++ full, saliency head in the global norm": ["train.clip_saliency_apart=false"],
+    "DPM++ full, saliency head in the global norm": ["train.clip_saliency_apart=false", CI_ON],
     # DPM plus the saliency head alone, in the global norm (clipped apart it is DPM exactly, see the tests).
     "DPM with the saliency head in the global norm": [
         "model.use_text_stage=false",
@@ -85,6 +91,7 @@ TRAINED = {
 }
 # Follow-up rows that test one explanation each: trained only when named with --methods.
 DIAGNOSTIC = {
+    "DPM++ full, class-ignoring always on (SPT)",
     "DPM++ without class-ignoring",
     "DPM++ full, nearer persons transferred as occluders",
     "DPM++ full, anchor not shifted",
