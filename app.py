@@ -568,7 +568,13 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     preset = gr.Dropdown(preset_names(), value="tiny", label="preset")
                     epochs = gr.Number(value=30, precision=0, label="epochs (stage 2)")
                     name = gr.Textbox(value="my_run", label="checkpoint name")
-                switches = gr.CheckboxGroup(COMPONENTS, value=list(COMPONENTS), label="components")
+                switches = gr.CheckboxGroup(
+                    COMPONENTS,
+                    value=list(COMPONENTS),
+                    label="components",
+                    info="Class-ignoring follows the preset (auto): it acts only where the learnt saliency head, "
+                    "not the benchmark's person silhouettes, guides patch transfer.",
+                )
                 with gr.Row():
                     train_button = gr.Button("Start training", variant="primary", elem_id="train")
                     stop_button = gr.Button("Stop", variant="stop", elem_id="stop")

@@ -186,6 +186,14 @@ def cmd_bench(args) -> int:
                 except ValueError as error:
                     raise SystemExit(str(error)) from None
         return 0
+    if args.what == "transfer":
+        from dpmpp.bench.transfer import format_report, measure
+
+        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
+        results = [measure(epochs, nearer) for nearer in (False, True)]
+        print(f"patch transfer on pets09_occ training batches, {epochs} epochs, tiny preset")
+        print(json.dumps(results) if args.json else format_report(results))
+        return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
         from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
@@ -263,11 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument("what", choices=["speed", "accuracy", "masks", "events", "grads"], help="which benchmark")
+    bench.add_argument(
+        "what", choices=["speed", "accuracy", "masks", "events", "grads", "transfer"], help="which benchmark"
+    )
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy, grads: seeds of each trained row")
     bench.add_argument(
-        "--epochs", type=int, default=None, help="accuracy: stage-2 epochs of every trained row; grads: epochs recorded"
+        "--epochs",
+        type=int,
+        default=None,
+        help="accuracy: stage-2 epochs of every trained row; grads, transfer: epochs recorded",
     )
     bench.add_argument("--jobs", type=int, default=1, help="accuracy: rows trained at once (processes)")
     bench.add_argument("--methods", nargs="+", default=None, help="accuracy, grads: only these trained rows (by name)")

@@ -224,3 +224,16 @@ def test_grads_records_every_step_of_the_first_epochs_per_group():
     assert all(s["together"] >= s["saliency"] for s in shared["steps"])
     table = format_table(shared)
     assert "| together |" in table and f"seed 0: {len(shared['steps'])} stage-2 steps over 1 epochs" in table
+
+
+def test_transfer_report_measures_class_ignorings_premise_on_real_batches():
+    from dpmpp.bench.transfer import format_report, measure
+
+    plain, nearer = measure(epochs=1), measure(epochs=1, nearer_persons=True)
+    assert plain["mixed"] > 100 and plain["mixed_with_another_identity"] > 50
+    # silhouettes guide the transfer: the partner's own person stays out of what is pasted
+    assert plain["partner_person_pasted_median"] < 0.25 and plain["partner_person_pasted_quarter_or_more"] < 0.1
+    assert plain["negatives_with_class_ignoring"] < plain["negatives_without"]
+    # cutting nearer persons out of the silhouettes makes occlusion-aware pairing favour partners hidden by one
+    assert nearer["partner_hidden_by_a_person"] > plain["partner_hidden_by_a_person"]
+    assert "nearer persons cut out" in format_report([plain, nearer])

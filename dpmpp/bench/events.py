@@ -189,20 +189,20 @@ def occluder_table(per_query: dict[tuple[str, str], pd.DataFrame], mask_off_of: 
         "| row | seeds | queries | rank-1 | top match is the occluder | misses that are the occluder |",
         "|---|---|---|---|---|---|",
     ]
-    methods: dict[str, list[tuple[float, float, float]]] = {}
-    count = 0
+    methods: dict[str, list[tuple[int, float, float, float]]] = {}
     for (method, _), frame in with_mask_off(per_query, mask_off_of).items():
         if "top1_pid" not in frame or "occluder_pid" not in frame:
             continue
         behind = frame[(frame["occluder_pid"] > 0) & frame["rank1"].notna()]
-        count = len(behind)
         occluder = (behind["top1_pid"] == behind["occluder_pid"]).to_numpy(float)
         hit = behind["rank1"].to_numpy(float)
         misses = occluder[hit == 0].mean() if (hit == 0).any() else np.nan
-        methods.setdefault(method, []).append((hit.mean(), occluder.mean(), misses))
+        methods.setdefault(method, []).append((len(behind), hit.mean(), occluder.mean(), misses))
     for method, values in methods.items():
-        cells = [_mean_std(100 * np.array(column)) for column in zip(*values)]
-        lines.append(f"| {method} | {len(values)} | {count} | " + " | ".join(cells) + " |")
+        counts, *columns = zip(*values)
+        cells = [_mean_std(100 * np.array(column)) for column in columns]
+        queries = str(counts[0]) if len(set(counts)) == 1 else f"{min(counts)}–{max(counts)}"
+        lines.append(f"| {method} | {len(values)} | {queries} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

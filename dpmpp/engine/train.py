@@ -51,9 +51,9 @@ def class_ignoring_active(setting, silhouettes: bool) -> bool:
     Class-ignoring exists because the pasted pixels may show the partner's person, and then the partner's identity
     is in the image. "auto" trusts that premise only when the learnt saliency head chose what was pasted: guided by
     the dataset's person silhouettes, the pasted pixels lie outside the partner's person by construction (on
-    pets09_occ a median 7 % of it, and 1 % of mixed samples carry a quarter or more), and ignoring the partner
-    would only drop valid supervision: its logit from every cross-entropy and its images (23 % of the batch's
-    negatives) from the triplet.
+    pets09_occ a median 7 % of it, and under 1 % of mixed samples carry a quarter or more), and ignoring the
+    partner would only drop valid supervision: its logit from every cross-entropy and its images (22 % of the
+    batch's negatives) from the triplet. `python -m dpmpp bench transfer` measures both.
     """
     if setting not in CLASS_IGNORING or not isinstance(setting, (bool, str)):
         raise ValueError(f'aug.class_ignoring must be true, false or "auto"; got {setting!r}')
