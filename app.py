@@ -12,7 +12,6 @@ import math
 import tempfile
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +20,7 @@ import plotly
 from PIL import Image
 
 from dpmpp.api import Pipeline, install_checkpoint, safe_name
+from dpmpp.caching import shared_cache
 from dpmpp.cases import CaseError, build_case, read_case
 from dpmpp.config import preset_names
 from dpmpp.data.datasets import dataset_names, load_split
@@ -86,24 +86,24 @@ def checkpoint_choices() -> list[str]:
     return found + [HSV]
 
 
-@lru_cache(maxsize=4)
+@shared_cache(maxsize=4)
 def explorer_for(checkpoint: str) -> BenchmarkExplorer:
     split = load_split("pets09_occ", BENCHMARK)
     pipeline = None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
     return BenchmarkExplorer(split, pipeline)
 
 
-@lru_cache(maxsize=4)
+@shared_cache(maxsize=4)
 def prototype_map_for(checkpoint: str):
     return build_prototype_map(explorer_for(checkpoint))
 
 
-@lru_cache(maxsize=4)
+@shared_cache(maxsize=4)
 def query_table_for(checkpoint: str):
     return explorer_for(checkpoint).query_table()
 
 
-@lru_cache(maxsize=1)
+@shared_cache(maxsize=1)
 def partner_records() -> list:
     """Partners for patch transfer: real occluded training crops (their occlusion is what gets transferred)."""
     split = load_split("pets09_occ", BENCHMARK)
@@ -114,7 +114,7 @@ def transfer_partners() -> list[str]:
     return [r.path for r in partner_records()]
 
 
-@lru_cache(maxsize=1)
+@shared_cache(maxsize=1)
 def benchmark_person_masks() -> PersonMasks | None:
     return PersonMasks.for_root(BENCHMARK)
 
@@ -127,7 +127,7 @@ def partner_source(checkpoint: str) -> str:
     return "silhouette" if auto else "head"
 
 
-@lru_cache(maxsize=4)
+@shared_cache(maxsize=4)
 def partner_saliency_for(checkpoint: str) -> np.ndarray:
     """Per-patch person maps of the fixed partner pool, computed once per model."""
     pipeline = explorer_for(checkpoint).pipeline
@@ -136,7 +136,7 @@ def partner_saliency_for(checkpoint: str) -> np.ndarray:
     return pipeline.saliency(transfer_partners())
 
 
-@lru_cache(maxsize=1)
+@shared_cache(maxsize=1)
 def occluder_bank() -> dict:
     return {o.name: o for o in load_bank(BENCHMARK / "occluders")}
 

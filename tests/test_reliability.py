@@ -125,3 +125,28 @@ def test_dataset_faults_name_the_problem(tmp_path):
     dataset = ImageDataset([ReIDRecord(str(tmp_path / "a.jpg"), 1, 0)], build_transforms(64, 32, train=False))
     with pytest.raises(ImageLoadError, match="a.jpg"):
         dataset[0]  # an unreadable file names itself
+
+
+def test_the_apps_shared_cache_computes_a_key_once_under_concurrent_first_calls():
+    import threading
+    import time
+
+    from dpmpp.caching import shared_cache
+
+    calls = []
+
+    @shared_cache(maxsize=4)
+    def slow_fit(key):
+        calls.append(key)
+        time.sleep(0.2)  # long enough that every thread below misses the cache together
+        return object()
+
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: slow_fit("model")})) for i in range(4)]
+    threads.append(threading.Thread(target=lambda: results.update({"other": slow_fit("other")})))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(calls) == ["model", "other"]  # functools.lru_cache alone computes "model" four times
+    assert len({id(results[i]) for i in range(4)}) == 1 and results["other"] is not results[0]
