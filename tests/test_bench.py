@@ -68,6 +68,25 @@ def test_the_table_trains_follow_up_rows_only_when_named_and_resumes(tmp_path, m
     assert len(read_rows(out)) == 1 + len(TRAINED) - len(DIAGNOSTIC) + 3
 
 
+def test_the_long_peer_row_trains_ten_times_the_epochs_and_records_them(tmp_path, monkeypatch):
+    from dpmpp.bench.peers import OSNET
+
+    asked = []
+
+    def fake_osnet(config, seed, epochs, device=None):
+        asked.append(epochs)
+        return (lambda paths: np.eye(len(paths), dtype=np.float32)), 1.0
+
+    metrics = {"rank1": 0.5, "mAP": 0.4, "mINP": 0.3}
+    monkeypatch.setattr(accuracy, "train_osnet", fake_osnet)
+    monkeypatch.setattr(accuracy, "_evaluate_features", lambda extract: dict.fromkeys(accuracy.SPLITS, metrics))
+    short = accuracy.trained_rows(OSNET, 0, 3, tmp_path, device="cpu")
+    long = accuracy.trained_rows(accuracy.OSNET_LONG, 0, 3, tmp_path, device="cpu")
+    assert asked == [3, 30]
+    assert [short[0]["epochs"], long[0]["epochs"]] == [3, 30]
+    assert accuracy.OSNET_LONG in DIAGNOSTIC  # the table's budget stays the same for every default row
+
+
 def test_partial_spearman_removes_a_shared_cause():
     import numpy as np
 
