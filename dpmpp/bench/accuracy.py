@@ -98,6 +98,7 @@ TRAINED = {
 # Follow-up rows that test one explanation each: trained only when named with --methods.
 DIAGNOSTIC = {
     OSNET_LONG,
+    "DPM++ full, transfer guided by the saliency head",
     "DPM++ full, class-ignoring always on (SPT)",
     "DPM++ without class-ignoring",
     "DPM++ full, nearer persons transferred as occluders",
