@@ -31,6 +31,10 @@ from urllib.request import urlopen
 from playwright.sync_api import Page, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # a script in bench/: the project root is not on the path by itself
+
+from dpmpp.atomic import atomic_path  # noqa: E402
+
 CHECKPOINT = ROOT / "checkpoints" / "dpmpp_tiny_pets09"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -92,15 +96,8 @@ def save_screenshot(page: Page, path: Path) -> None:
     """Full-page screenshot, written next to `path` first and then renamed over it."""
     page.wait_for_function(IMAGES_LOADED, timeout=STEP_TIMEOUT_MS)
     page.wait_for_timeout(500)  # let transitions and plot resizes settle
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        page.screenshot(path=temporary, full_page=True)
-        os.chmod(temporary, 0o644)  # mkstemp makes the file private
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary:
+        page.screenshot(path=str(temporary), type="png", full_page=True)
     print(f"wrote {path} ({path.stat().st_size // 1024} kB)")
 
 

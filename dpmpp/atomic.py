@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,12 +13,17 @@ from typing import Iterator
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
+
+    The new file gets the permissions a plain `open(path, "w")` would give it: those of the file it replaces, or
+    0o666 less the umask for a new one (not the owner-only mode of `tempfile.mkstemp`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for open()
+    if path.exists():
+        os.chmod(tmp_path, stat.S_IMODE(path.stat().st_mode))
     try:
         yield tmp_path
         with open(tmp_path, "rb") as handle:

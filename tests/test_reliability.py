@@ -150,3 +150,24 @@ def test_the_apps_shared_cache_computes_a_key_once_under_concurrent_first_calls(
         thread.join()
     assert sorted(calls) == ["model", "other"]  # functools.lru_cache alone computes "model" four times
     assert len({id(results[i]) for i in range(4)}) == 1 and results["other"] is not results[0]
+
+
+def test_atomic_writes_keep_the_permissions_a_plain_write_gives(tmp_path):
+    import os
+    import stat
+
+    from dpmpp.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        fresh = tmp_path / "metrics.json"
+        write_text(fresh, "{}")
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644  # not mkstemp's owner-only 0o600
+        private = tmp_path / "secret.json"
+        private.write_text("old")
+        private.chmod(0o600)
+        write_text(private, "new")
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_text() == "new"
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

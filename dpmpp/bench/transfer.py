@@ -21,7 +21,15 @@ from dpmpp.data.transforms import build_transforms
 from dpmpp.losses.metric import pair_masks
 from dpmpp.paths import ASSETS
 
-PATCH = (8, 8)  # the tiny preset's ViT patch (dpmpp/configs/open_clip/dpmpp-tiny.json)
+
+def preset_patch_size(config) -> tuple[int, int]:
+    """The preset's ViT patch, from its open_clip model config (no model is built)."""
+    import open_clip
+
+    import dpmpp.model.backbone  # noqa: F401  registers the project's open_clip configs (dpmpp-tiny)
+
+    size = open_clip.get_model_config(config.model.clip_model)["vision_cfg"]["patch_size"]
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def measure(epochs: int = 3, nearer_persons: bool = False, seed: int = 0) -> dict:
@@ -29,23 +37,14 @@ def measure(epochs: int = 3, nearer_persons: bool = False, seed: int = 0) -> dic
     config = load_preset("tiny")
     data, aug = config.data, config.aug
     root = ASSETS / "pets09_occ"
-    train = load_split("pets09_occ", root).train
-    pid_map = {pid: i for i, pid in enumerate(sorted({r.pid for r in train}))}
+    split = load_split("pets09_occ", root)
+    train = split.train
+    pid_map = split.train_pid_map()
+    patch = preset_patch_size(config)
     transform = build_transforms(data.height, data.width, train=True, flip_prob=data.flip_prob, pad=data.pad)
     dataset = ImageDataset(train, transform, pid_map, PersonMasks.for_root(root, nearer_persons))
     sampler = PKBatchSampler([r.pid for r in train], data.num_pids, data.num_instances, seed, 1, 0)
-    transfer = SaliencyPatchTransfer(
-        aug.transfer_prob,
-        True,
-        aug.occlusion_pairing,
-        aug.top_fraction,
-        aug.min_oiou,
-        aug.saliency_threshold,
-        PATCH,
-        torch.Generator().manual_seed(seed),
-        aug.max_shift,
-        aug.transfer_region,
-    )
+    transfer = SaliencyPatchTransfer.from_config(aug, True, patch, torch.Generator().manual_seed(seed))
     behind_person = np.array(
         [r.meta.get("occluder") == "person" and float(r.meta["occluded_fraction"]) >= 0.15 for r in train]
     )
@@ -55,7 +54,7 @@ def measure(epochs: int = 3, nearer_persons: bool = False, seed: int = 0) -> dic
         sampler.set_epoch(epoch)
         for batch in DataLoader(dataset, batch_sampler=sampler):
             person = batch["person"][:, 0].bool()
-            result = transfer(batch["image"], patch_fraction(batch["person"], PATCH), batch["pid"])
+            result = transfer(batch["image"], patch_fraction(batch["person"], patch), batch["pid"])
             index = batch["index"].numpy()
             mixed += int(result.mixed.sum())
             for i in np.nonzero(result.mixed.numpy())[0]:

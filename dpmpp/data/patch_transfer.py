@@ -108,6 +108,24 @@ class SaliencyPatchTransfer:
         self.patch_size = patch_size
         self.generator = generator or torch.Generator().manual_seed(0)
 
+    @classmethod
+    def from_config(
+        cls, aug, enabled: bool, patch_size: tuple[int, int], generator: torch.Generator | None = None
+    ) -> SaliencyPatchTransfer:
+        """The transfer an `AugCfg` describes, for a backbone with `patch_size` (training and `bench transfer`)."""
+        return cls(
+            aug.transfer_prob,
+            enabled,
+            aug.occlusion_pairing,
+            aug.top_fraction,
+            aug.min_oiou,
+            aug.saliency_threshold,
+            tuple(patch_size),
+            generator,
+            aug.max_shift,
+            aug.transfer_region,
+        )
+
     def binarise(self, saliency: torch.Tensor) -> torch.Tensor:
         """[B, h, w] saliency -> bool person masks (1 = person)."""
         return saliency > self.threshold

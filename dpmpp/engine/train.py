@@ -212,17 +212,8 @@ class Trainer:
         )
         generator = torch.Generator()
         patch = self.model.encoder.visual.patch_size
-        transfer = SaliencyPatchTransfer(
-            aug.transfer_prob,
-            aug.patch_transfer and self.model.saliency_head is not None,
-            aug.occlusion_pairing,
-            aug.top_fraction,
-            aug.min_oiou,
-            aug.saliency_threshold,
-            tuple(patch),
-            generator,
-            aug.max_shift,
-            aug.transfer_region,
+        transfer = SaliencyPatchTransfer.from_config(
+            aug, aug.patch_transfer and self.model.saliency_head is not None, tuple(patch), generator
         )
         for p in self.model.parameters():
             p.requires_grad_(True)
