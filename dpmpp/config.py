@@ -42,6 +42,7 @@ class ModelCfg:
     prompt_template: str = "A photo of a X X X X person."  # X = learnable per-identity tokens
     camera_embedding: bool = False  # SIE: a learned vector per camera added to the tokens
     sie_coef: float = 3.0  # SIE coefficient (CLIP-ReID's default)
+    sie_tokens: str = "all"  # SIE added to "all" tokens (R), or to the "cls" token only (CLIP-ReID, the spec)
     bnneck: bool = True  # CLIP-ReID's BatchNorm neck on p before the heads and at test (centres the features)
     saliency_head: bool = True  # per-patch saliency head for patch transfer
     saliency_detach: bool = True  # SPT's selection losses train the saliency head only, not the encoder or p (R)
@@ -55,8 +56,13 @@ class LossCfg:
     arcface_scale: float = 30.0
     arcface_margin: float = 0.3
     i2t_weight: float = 1.0  # CE of image features against frozen text prototypes
-    i2t_scale: float | None = None  # None: raw dot products p·Tᵀ (CLIP-ReID); a number: scaled cosine (R)
-    label_smoothing: float = 0.1
+    # i2t logits. None: raw dot products p·Tᵀ, CLIP-ReID's (no temperature: the norms of p and T set the scale).
+    # A number s: s·cos(p, t_c), in neither paper (R): a fixed scale, like id_scale, for encoders whose raw
+    # products are far from a usable softmax range (the tiny preset, trained from random init, uses 30).
+    i2t_scale: float | None = None
+    i2t_feature: str = "post_neck"  # p in the i2t loss: "post_neck" (after the BN neck, R) or "pre_neck" (CLIP-ReID)
+    label_smoothing: float = 0.1  # CE smoothing of the i2t loss, and of the unmasked ID loss unless overridden below
+    id_label_smoothing: float | None = None  # unmasked prototype CE; None: label_smoothing; 0: plain CE (the spec)
     triplet_weight: float = 1.0  # batch-hard triplet on x and p
     triplet_margin: float | None = 0.3  # None: soft margin
     masked_pair_weight: float = 0.0  # (R) the test-time masked metric on the batch's (anchor, other) pairs
@@ -160,10 +166,26 @@ def _sections() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if f.name != "preset"]
 
 
+# String fields that take one of a few values: checked when a preset or override sets them, and where they are used.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.sie_tokens": ("all", "cls"),
+    "loss.i2t_feature": ("post_neck", "pre_neck"),
+}
+
+
+def check_choice(name: str, value: Any) -> None:
+    """Raise ValueError naming the field and its allowed values unless `value` is one of CHOICES[name]."""
+    allowed = CHOICES[name]
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+
+
 def _set_field(target, section: str, key: str, value: Any) -> None:
     names = {f.name: f for f in dataclasses.fields(target)}
     if key not in names:
         raise ValueError(f"unknown config field {section}.{key}; {section} has {sorted(names)}")
+    if f"{section}.{key}" in CHOICES:
+        check_choice(f"{section}.{key}", value)
     setattr(target, key, value)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
-from dpmpp.config import LossCfg
+from dpmpp.config import LossCfg, check_choice
 from dpmpp.losses.classification import arcface_logits, smoothed_cross_entropy
 from dpmpp.losses.metric import batch_hard_triplet, masked_pair_loss, pair_masks, supervised_contrastive
 from dpmpp.losses.regularisers import head_orthogonality, prototype_alignment, saliency_selection
@@ -51,22 +52,18 @@ def stage2_losses(
         },
     )
     ignore = partner_pid if partner_pid is not None and bool((partner_pid >= 0).any()) else None
+    check_choice("loss.i2t_feature", cfg.i2t_feature)
     losses: dict[str, torch.Tensor] = {}
     if out.logits is not None:
-        losses["id"] = smoothed_cross_entropy(cfg.id_scale * out.logits, labels, cfg.label_smoothing, ignore)
+        smoothing = cfg.label_smoothing if cfg.id_label_smoothing is None else cfg.id_label_smoothing
+        losses["id"] = smoothed_cross_entropy(cfg.id_scale * out.logits, labels, smoothing, ignore)
     if out.masked_logits is not None:
         arc = arcface_logits(out.masked_logits, labels, cfg.arcface_scale, cfg.arcface_margin)
         losses["arcface"] = smoothed_cross_entropy(arc, labels, 0.0, ignore)
     if out.text_logits is not None:
-        if cfg.i2t_scale is None:
-            text_logits = out.text_logits
-        else:
-            text_logits = (
-                cfg.i2t_scale
-                * torch.nn.functional.normalize(out.proj, dim=1)
-                @ torch.nn.functional.normalize(text_prototypes.float(), dim=1).T
-            )
-        losses["i2t"] = smoothed_cross_entropy(text_logits, labels, cfg.label_smoothing, ignore)
+        losses["i2t"] = smoothed_cross_entropy(
+            i2t_logits(out, text_prototypes, cfg), labels, cfg.label_smoothing, ignore
+        )
     positives, negatives = pair_masks(labels, mixed, partner_pid, holistic_positives)
     losses["triplet"] = batch_hard_triplet(out.feat, positives, negatives, cfg.triplet_margin) + batch_hard_triplet(
         out.proj_raw if out.proj_raw is not None else out.proj, positives, negatives, cfg.triplet_margin
@@ -91,6 +88,16 @@ def stage2_losses(
                 out.saliency.clamp(1e-6, 1 - 1e-6), person.float()
             )
     return losses
+
+
+def i2t_logits(out, text_prototypes: torch.Tensor, cfg: LossCfg) -> torch.Tensor:
+    """The i2t loss's logits [B, C] from p [B, E] (before or after the BN neck, `cfg.i2t_feature`) and T [C, E]:
+    raw dot products p·Tᵀ, or `cfg.i2t_scale`·cos(p, T)."""
+    pre_neck = cfg.i2t_feature == "pre_neck" and out.proj_raw is not None
+    feature = out.proj_raw if pre_neck else out.proj
+    if cfg.i2t_scale is not None:
+        return cfg.i2t_scale * F.normalize(feature, dim=1) @ F.normalize(text_prototypes.float(), dim=1).T
+    return feature @ text_prototypes.float().T if pre_neck else out.text_logits
 
 
 def loss_weights(cfg: LossCfg) -> dict[str, float]:

@@ -11,7 +11,7 @@ import open_clip
 import torch
 from torch import nn
 
-from dpmpp.config import PRESET_DIR
+from dpmpp.config import PRESET_DIR, check_choice
 
 logger = logging.getLogger(__name__)
 _CUSTOM_CONFIGS = PRESET_DIR / "open_clip"
@@ -83,30 +83,45 @@ class VisualTokens:
 
 
 class CameraEmbedding(nn.Module):
-    """SIE: adds `coef * embedding[camid]` to every token after the position embedding.
+    """SIE: adds `coef * embedding[camid]` after the position embedding, to every token or to the CLS token only.
 
-    Installed in place of the encoder's `patch_dropout` module (which runs right after the position
-    embedding), so open_clip's forward is reused unchanged; `camids` is set for the duration of a call.
+    Installed in place of the encoder's `patch_dropout` module, which open_clip's VisionTransformer runs on
+    [B, 1 + N, W] tokens, CLS at index 0, right after adding the position embedding and before `ln_pre`; so
+    open_clip's forward is reused unchanged. `camids` is set for the duration of a call.
+    `tokens`: "all" (every token) or "cls" (token 0 only, as CLIP-ReID).
     """
 
-    def __init__(self, inner: nn.Module, num_cameras: int, width: int, coef: float) -> None:
+    def __init__(self, inner: nn.Module, num_cameras: int, width: int, coef: float, tokens: str = "all") -> None:
         super().__init__()
-        self.inner, self.coef = inner, coef
+        check_choice("model.sie_tokens", tokens)
+        self.inner, self.coef, self.tokens = inner, coef, tokens
         self.embedding = nn.Parameter(torch.zeros(num_cameras, width))
         nn.init.trunc_normal_(self.embedding, std=0.02)
         self.camids: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 1 + N, W] -> [B, 1 + N, W] (then the wrapped patch dropout)."""
         if self.camids is not None:
             camids = self.camids.clamp(0, self.embedding.shape[0] - 1)
-            x = x + self.coef * self.embedding[camids].unsqueeze(1).to(x.dtype)
+            offset = self.coef * self.embedding[camids].unsqueeze(1).to(x.dtype)  # [B, 1, W]
+            if self.tokens == "cls":
+                x = torch.cat([x[:, :1] + offset, x[:, 1:]], dim=1)
+            else:
+                x = x + offset
         return self.inner(x)
 
 
 class ImageEncoder(nn.Module):
     """open_clip's VisionTransformer, returning the CLS feature, its projection and intermediate patch maps."""
 
-    def __init__(self, visual: nn.Module, map_blocks: list[int], num_cameras: int = 0, sie_coef: float = 3.0) -> None:
+    def __init__(
+        self,
+        visual: nn.Module,
+        map_blocks: list[int],
+        num_cameras: int = 0,
+        sie_coef: float = 3.0,
+        sie_tokens: str = "all",
+    ) -> None:
         super().__init__()
         self.visual = visual
         self.num_blocks = len(visual.transformer.resblocks)
@@ -119,7 +134,7 @@ class ImageEncoder(nn.Module):
         self.grid = tuple(visual.grid_size)
         self.camera: CameraEmbedding | None = None
         if num_cameras > 0:
-            self.camera = CameraEmbedding(visual.patch_dropout, num_cameras, self.width, sie_coef)
+            self.camera = CameraEmbedding(visual.patch_dropout, num_cameras, self.width, sie_coef, sie_tokens)
             visual.patch_dropout = self.camera
 
     def forward(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> VisualTokens:

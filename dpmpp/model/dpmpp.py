@@ -93,7 +93,7 @@ class DPMPP(nn.Module):
             if out.mask is not None:
                 out.masked_logits = masked_cosine_logits(proj, out.mask, self.prototypes)
         if self.text_prototypes is not None:
-            out.text_logits = proj @ self.text_prototypes.T
+            out.text_logits = proj @ self.text_prototypes.T  # post-neck; loss.i2t_feature picks the loss's p
         if extras:
             if self.saliency_head is not None:
                 maps = [m.detach() for m in tokens.maps] if self.cfg.saliency_detach else tokens.maps
@@ -138,7 +138,9 @@ def build_model(
 ) -> tuple[DPMPP, TextBranch | None]:
     """Create the DPM++ model (and, for training, the text branch) from open_clip."""
     clip = create_clip(cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device)
-    encoder = ImageEncoder(clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef)
+    encoder = ImageEncoder(
+        clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef, cfg.sie_tokens
+    )
     model = DPMPP(encoder, cfg, num_classes)
     text = (
         TextBranch(clip, cfg.clip_model, num_classes, cfg.prompt_template) if with_text and cfg.use_text_stage else None
