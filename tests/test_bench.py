@@ -168,10 +168,14 @@ def test_event_table_pairs_seeds_and_adds_the_mask_off_row():
         ("CLIP-ReID", "0"): frame([0, 0, 0, 0]),
     }
     lines = event_table(per_query, "DPM++ full", mask_off_of="DPM++ full").splitlines()
+    assert lines[0].startswith("Paired 95 % intervals, two-level bootstrap")
     clip = next(line for line in lines if line.startswith("| CLIP-ReID |"))
-    assert clip.startswith("| CLIP-ReID | 1 | -50.0 [")  # paired on seed 0 only: 0 − mean(1, 1, 0, 0)
+    assert clip.startswith("| CLIP-ReID | 0 | -50.0 [")  # paired on seed 0 only: 0 − mean(1, 1, 0, 0)
+    assert clip.count("]†") == 4  # one shared seed: events-only intervals, marked
     off = next(line for line in lines if "mask off" in line)
-    assert "| 2 | -25.0 [" in off  # half of (0.5, 0.5) per seed
+    assert "| 0, 1 | -25.0 [" in off and "†" not in off  # half of (0.5, 0.5) per seed
+    events_only = event_table(per_query, "DPM++ full", resample="events").splitlines()
+    assert events_only[0].startswith("Paired 95 % intervals, events-only bootstrap") and "†" not in events_only[-1]
 
 
 def test_top_match_obeys_the_protocol_and_the_occluder_table_counts_it():

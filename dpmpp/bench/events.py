@@ -4,12 +4,14 @@ Consecutive occluded frames of one track are one pass behind an occluder, and th
 a model gets most of them right or most of them wrong. pets09_occ's 213 queries come from 27 such passes, and
 the largest holds 40. A mean over queries weights a pass by its length, and a spread over training seeds says
 nothing about how few passes decide a difference. Here every per-query score is kept, passes are found from the
-frame numbers, and a paired difference between two rows gets a confidence interval that resamples passes.
+frame numbers, and a paired difference between two rows, on the training seeds both have, gets a confidence
+interval that resamples both the seeds and the passes (a two-level bootstrap), so neither source of variation is
+left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,45 +75,135 @@ def event_weighted(values: np.ndarray, events: np.ndarray) -> float:
     return float(frame.groupby("event")["value"].mean().mean())
 
 
+WEIGHTINGS = ("query", "event")
+RESAMPLING = ("seeds_and_events", "events")  # what a paired interval resamples; the first is the default
+BOOTSTRAP_SAMPLES = 10000
+
+
+def _event_sums(diff: np.ndarray, events: np.ndarray, weighting: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per (seed, event) numerator and denominator of the metric: [S, Q] differences (NaN: skipped) -> 2 x [S, E],
+    over the E events with a scored query.
+
+    "query": sums and counts of the valid queries; "event": each event's mean (0 where it has none) and 1 where it
+    has one. A statistic over drawn events is then (w @ numerator) / (w @ denominator) for draw counts w [E].
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    ids, inverse = np.unique(np.asarray(events), return_inverse=True)
+    valid = ~np.isnan(diff)
+    sums, counts = np.zeros((len(diff), len(ids))), np.zeros((len(diff), len(ids)))
+    np.add.at(sums, (slice(None), inverse), np.where(valid, diff, 0.0))
+    np.add.at(counts, (slice(None), inverse), valid.astype(float))
+    scored = counts.sum(0) > 0  # events whose queries were all skipped are no unit to resample
+    sums, counts = sums[:, scored], counts[:, scored]
+    if weighting == "query":
+        return sums, counts
+    present = counts > 0
+    return np.where(present, sums / np.maximum(counts, 1.0), 0.0), present.astype(float)
+
+
+def _draw_counts(rng: np.random.Generator, samples: int, size: int) -> np.ndarray:
+    """How often each of `size` units is drawn in each of `samples` resamples with replacement: [samples, size]."""
+    draws = rng.integers(0, size, size=(samples, size))
+    counts = np.zeros((samples, size))
+    np.add.at(counts, (np.arange(samples)[:, None], draws), 1.0)
+    return counts
+
+
+def _check_pair(row: np.ndarray, reference: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    row, reference = np.atleast_2d(row).astype(float), np.atleast_2d(reference).astype(float)
+    if row.shape != reference.shape or row.shape[1] != len(events):
+        raise ValueError(f"shapes differ: row {row.shape}, reference {reference.shape}, events {len(events)}")
+    return row, reference
+
+
 def paired_bootstrap(
     row: np.ndarray,
     reference: np.ndarray,
     events: np.ndarray,
     weighting: str = "query",
-    samples: int = 10000,
+    samples: int = BOOTSTRAP_SAMPLES,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """Difference `row − reference` and its 95 % interval, resampling events with replacement.
+    """Difference `row − reference` and its 95 % interval, resampling events only (seeds averaged first).
 
     row, reference: [S, Q] per-query scores of the same S seeds (paired by seed) on the same Q queries.
     weighting: "query" (every query counts once: the table's metric) or "event" (every event counts once).
-    The seeds are kept in every resample, so the interval covers both seed and event variation only insofar
-    as the S seeds sample the former.
+    The seeds are kept in every resample: seed-to-seed variation is not in the interval (see
+    `hierarchical_bootstrap`).
     """
-    if weighting not in ("query", "event"):
-        raise ValueError(f"weighting must be 'query' or 'event', got {weighting!r}")
-    row, reference = np.atleast_2d(row).astype(float), np.atleast_2d(reference).astype(float)
-    if row.shape != reference.shape or row.shape[1] != len(events):
-        raise ValueError(f"shapes differ: row {row.shape}, reference {reference.shape}, events {len(events)}")
-    diff = np.nanmean(row - reference, axis=0)  # [Q] seed-averaged paired difference
-    keep = ~np.isnan(diff)
-    diff, events = diff[keep], np.asarray(events)[keep]
-    ids, inverse = np.unique(events, return_inverse=True)
-    sums = np.bincount(inverse, weights=diff, minlength=len(ids))
-    counts = np.bincount(inverse, minlength=len(ids)).astype(float)
+    row, reference = _check_pair(row, reference, events)
+    diff = np.nanmean(row - reference, axis=0, keepdims=True)  # [1, Q] seed-averaged paired difference
+    numerator, denominator = (table[0] for table in _event_sums(diff, events, weighting))  # [E] each
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # weights [..., E]: how often each event is drawn
-        if weighting == "query":
-            return (weights @ sums) / (weights @ counts)
-        return (weights @ (sums / counts)) / weights.sum(-1)
+        return (weights @ numerator) / (weights @ denominator)
 
-    point = float(statistic(np.ones(len(ids))))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(ids), size=(samples, len(ids)))
-    weights = np.zeros((samples, len(ids)))
-    np.add.at(weights, (np.arange(samples)[:, None], draws), 1.0)
-    low, high = np.percentile(statistic(weights), [2.5, 97.5])
+    point = float(statistic(np.ones(len(numerator))))
+    weights = _draw_counts(np.random.default_rng(seed), samples, len(numerator))
+    low, high = np.nanpercentile(statistic(weights), [2.5, 97.5])
     return point, float(low), float(high)
+
+
+def hierarchical_bootstrap(
+    row: np.ndarray,
+    reference: np.ndarray,
+    events: np.ndarray,
+    weighting: str = "query",
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Difference `row − reference` and its 95 % interval from a two-level bootstrap over seeds and events.
+
+    row, reference: [S, Q] per-query scores (NaN: skipped query) of the same S >= 2 training seeds, row i of both
+    from seed i (see `paired_by_seed`), on the same Q queries; events [Q]. Each resample draws S seeds with
+    replacement, then the events (clusters of queries) with replacement, and takes the mean over the drawn seeds
+    of each seed's paired difference over the drawn events; `weighting` as in `paired_bootstrap`. The point
+    estimate is the mean over seeds of each seed's difference. Seeds and events are crossed, each drawn
+    independently, so the interval holds both seed-to-seed and event-to-event variation (slightly conservative:
+    their interaction is counted in both). The event draws come first, from the same stream as
+    `paired_bootstrap`: with identical seeds the two intervals coincide.
+    """
+    row, reference = _check_pair(row, reference, events)
+    if len(row) < 2:
+        raise ValueError(f"a seed-resampling interval needs at least 2 paired seeds, got {len(row)}")
+    numerator, denominator = _event_sums(row - reference, events, weighting)  # [S, E] each
+
+    def statistic(event_weights: np.ndarray, seed_weights: np.ndarray) -> np.ndarray:
+        """event_weights [B, E], seed_weights [B, S] draw counts -> [B]."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_seed = (event_weights @ numerator.T) / (event_weights @ denominator.T)  # [B, S]
+        seed_weights = np.where(np.isnan(per_seed), 0.0, seed_weights)
+        return (seed_weights * np.nan_to_num(per_seed)).sum(1) / seed_weights.sum(1)
+
+    seeds, clusters = numerator.shape
+    point = float(statistic(np.ones((1, clusters)), np.ones((1, seeds)))[0])
+    rng = np.random.default_rng(seed)
+    event_weights = _draw_counts(rng, samples, clusters)
+    seed_weights = _draw_counts(rng, samples, seeds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low, high = np.nanpercentile(statistic(event_weights, seed_weights), [2.5, 97.5])
+    return point, float(low), float(high)
+
+
+def paired_by_seed(
+    row: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], minimum: int = 2
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The seeds both rows have, sorted, and their scores stacked in that order: seed -> [Q] each, to [S, Q] each.
+
+    Raises ValueError naming both rows' seeds when they share fewer than `minimum`.
+    """
+    shared = sorted(set(row) & set(reference), key=_seed_key)
+    if len(shared) < minimum:
+        raise ValueError(
+            f"the rows share {len(shared)} seed(s) {shared} (row: {sorted(row, key=_seed_key)}, reference: "
+            f"{sorted(reference, key=_seed_key)}); a paired interval over seeds needs at least {minimum}"
+        )
+    return shared, np.stack([row[s] for s in shared]), np.stack([reference[s] for s in shared])
+
+
+def _seed_key(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if str(seed).isdigit() else (0, str(seed))
 
 
 def checkpoint_per_query(folder: str | Path, split, device: str | None = None) -> pd.DataFrame:
@@ -157,27 +249,60 @@ def with_mask_off(per_query: dict[tuple[str, str], pd.DataFrame], of: str) -> di
     return frames
 
 
-def event_table(per_query: dict[tuple[str, str], pd.DataFrame], reference: str, mask_off_of: str = "") -> str:
-    """Markdown: each row's paired difference to `reference` (same seeds), by query and by event, with 95 %
-    intervals that resample events. `mask_off_of` adds that row's checkpoints with the test-time mask off."""
+def event_table(
+    per_query: dict[tuple[str, str], pd.DataFrame],
+    reference: str,
+    mask_off_of: str = "",
+    resample: str = RESAMPLING[0],
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> str:
+    """Markdown: each row's paired difference to `reference` on the seeds both have, by query and by event, with
+    95 % intervals; `mask_off_of` adds that row's checkpoints with the test-time mask off.
+
+    resample: "seeds_and_events" (`hierarchical_bootstrap`; a row sharing one seed with `reference` gets the
+    events-only interval, marked †) or "events" (`paired_bootstrap`). The first line states the method.
+    """
+    if resample not in RESAMPLING:
+        raise ValueError(f"resample must be one of {RESAMPLING}, got {resample!r}")
     frames = with_mask_off(per_query, mask_off_of)
+    method_line = {
+        "seeds_and_events": f"Paired 95 % intervals, two-level bootstrap ({samples} resamples): the seeds both rows "
+        "share, then the occlusion events, each drawn with replacement; † one shared seed: events only, "
+        "no seed variation in the interval.",
+        "events": f"Paired 95 % intervals, events-only bootstrap ({samples} resamples): the occlusion events drawn "
+        "with replacement after averaging over the seeds both rows share; no seed variation in the interval.",
+    }[resample]
     lines = [
+        method_line,
+        "",
         f"| row − {reference} | seeds | Δ rank-1, by query | Δ mAP, by query | Δ rank-1, by event | Δ mAP, by event |",
         "|---|---|---|---|---|---|",
     ]
-    for method in dict.fromkeys(m for m, _ in frames):
-        seeds = sorted(s for m, s in frames if m == method and (reference, s) in frames)
-        if method == reference or not seeds:
+    methods = dict.fromkeys(m for m, _ in frames)
+    references = {s: frame for (m, s), frame in frames.items() if m == reference}
+    for method in methods:
+        rows = {s: frame for (m, s), frame in frames.items() if m == method}
+        if method == reference or not set(rows) & set(references):
             continue
-        events = frames[(reference, seeds[0])]["event"].to_numpy()
+        scores = {  # key -> (shared seeds, row [S, Q], reference [S, Q]), in points
+            key: paired_by_seed(
+                {s: f[key].to_numpy() * 100 for s, f in rows.items()},
+                {s: f[key].to_numpy() * 100 for s, f in references.items()},
+                minimum=1,
+            )
+            for key in ("rank1", "ap")
+        }
+        seeds = scores["rank1"][0]
+        events = references[seeds[0]]["event"].to_numpy()
+        hierarchical = resample == "seeds_and_events" and len(seeds) >= 2
+        interval = hierarchical_bootstrap if hierarchical else paired_bootstrap
+        mark = "†" if resample == "seeds_and_events" and not hierarchical else ""
         cells = []
-        for weighting in ("query", "event"):
+        for weighting in WEIGHTINGS:
             for key in ("rank1", "ap"):
-                row = np.stack([frames[(method, s)][key].to_numpy() for s in seeds]) * 100
-                ref = np.stack([frames[(reference, s)][key].to_numpy() for s in seeds]) * 100
-                point, low, high = paired_bootstrap(row, ref, events, weighting)
-                cells.append(f"{point:+.1f} [{low:+.1f}, {high:+.1f}]")
-        lines.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) + " |")
+                point, low, high = interval(scores[key][1], scores[key][2], events, weighting, samples)
+                cells.append(f"{point:+.1f} [{low:+.1f}, {high:+.1f}]{mark}")
+        lines.append(f"| {method} | {', '.join(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
