@@ -21,8 +21,19 @@ def _data_root(args) -> Path:
 
 
 def cmd_build_data(args) -> int:
+    if args.source == "cuhk01":
+        from dpmpp.data.build_cuhk01 import build as build_cuhk01
+
+        if not args.cuhk01:
+            raise SystemExit("build-data cuhk01 needs --cuhk01 FOLDER (the release, with campus/NNNNMMM.png)")
+        rows = build_cuhk01(args.cuhk01, args.out, args.occluders or default_root("pets09_occ") / "occluders")
+        print(f"wrote 3884 images and {len(rows)} occluded camera-A copies to {args.out}")
+        return 0
     from dpmpp.data.build_pets09 import build
 
+    missing = [flag for flag in ("video", "gt", "groups") if not getattr(args, flag)]
+    if missing:
+        raise SystemExit(f"build-data pets09 needs {', '.join('--' + m for m in missing)}")
     rows = build(args.video, args.gt, args.groups, args.out)
     roles = {role: sum(r["role"] == role for r in rows) for role in ("train", "query", "gallery")}
     print(f"wrote {len(rows)} crops to {args.out}: {roles}")
@@ -228,11 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build-data", help="build a benchmark from raw data")
-    build.add_argument("source", choices=["pets09"], help="which raw source")
-    build.add_argument("--video", required=True, help="PETS09-S2L1 vtest.avi")
-    build.add_argument("--gt", required=True, help="MOTChallenge gt.txt")
-    build.add_argument("--groups", required=True, help="track -> person grouping CSV")
-    build.add_argument("--out", required=True, help="output folder (crops/ and manifest.csv)")
+    build.add_argument("source", choices=["pets09", "cuhk01"], help="which raw source")
+    build.add_argument("--video", help="pets09: PETS09-S2L1 vtest.avi")
+    build.add_argument("--gt", help="pets09: MOTChallenge gt.txt")
+    build.add_argument("--groups", help="pets09: track -> person grouping CSV")
+    build.add_argument("--cuhk01", help="cuhk01: the release folder (campus/NNNNMMM.png)")
+    build.add_argument("--occluders", help="cuhk01: occluder bank folder (default: the bundled PETS09 bank)")
+    build.add_argument("--out", required=True, help="output folder")
     build.set_defaults(func=cmd_build_data)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint or a no-learning baseline")

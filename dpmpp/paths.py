@@ -7,10 +7,12 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = PROJECT_ROOT / "assets"
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
+PRETRAINED = ASSETS / "pretrained"  # pretrained peers and foundations (see its README)
 DEFAULT_CHECKPOINT = CHECKPOINTS / "dpmpp_tiny_pets09"
 BUNDLED_DATA_ROOTS = {
     "pets09_occ": ASSETS / "pets09_occ",
     "pets09_holistic": ASSETS / "pets09_occ",
+    **{name: ASSETS / "cuhk01" for name in ("cuhk01", "cuhk01_occ", "cuhk01_val", "cuhk01_occ_val")},
 }
 
 
