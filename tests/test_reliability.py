@@ -171,3 +171,80 @@ def test_atomic_writes_keep_the_permissions_a_plain_write_gives(tmp_path):
     finally:
         os.umask(old)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def edited_checkpoint(tmp_path, name="edited", **changes):
+    """A copy of the bundled checkpoint whose config.json has `changes` applied ("meta.num_classes": 7, ...)."""
+    folder = tmp_path / name
+    shutil.copytree(DEFAULT_CHECKPOINT, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        config[section][key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def write_safetensors_header(path, tensors: dict, data_bytes: int) -> None:
+    """A safetensors file with this header and `data_bytes` of (sparse) zeros after it."""
+    header = json.dumps(tensors).encode()
+    with open(path, "wb") as handle:
+        handle.write(len(header).to_bytes(8, "little") + header)
+        handle.truncate(8 + len(header) + data_bytes)  # a hole: no disk is used
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"meta__num_classes": 2_000_000}, "num_classes must be a whole number from 0 to 20000"),
+        ({"model__clip_model": "ViT-bigG-14"}, "clip_model must be one of"),
+        ({"model__backbone": "resnet1000"}, "backbone must be one of"),
+        ({"meta__image_size": [4096, 4096]}, r"image_size must be \[height, width\], each side 16 to 512"),
+        ({"model__mask_hidden": 1_000_000}, "mask_hidden must be a whole number from 1 to 4096"),
+        ({"meta__num_classes": 7}, "weights do not match config.json"),
+    ],
+)
+def test_checkpoint_configs_are_checked_before_any_model_is_built(tmp_path, monkeypatch, changes, expected):
+    import dpmpp.api
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was built from a config that should have been refused")
+
+    monkeypatch.setattr(dpmpp.api, "build_model", never)
+    folder = edited_checkpoint(tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=expected) as caught:
+        Pipeline.from_checkpoint(folder, device="cpu")
+    assert str(tmp_path) not in str(caught.value)  # the folder is named, its server path is not
+
+
+def test_weight_headers_over_the_limits_are_refused_from_the_header_alone(tmp_path):
+    from dpmpp.engine.checkpoint import read_config
+
+    folder = edited_checkpoint(tmp_path)
+    huge = {"prototypes": {"dtype": "F32", "shape": [10, 256], "data_offsets": [0, 10240]}}
+    huge["blob"] = {"dtype": "F32", "shape": [300_000_000], "data_offsets": [10240, 10240 + 1_200_000_000]}
+    write_safetensors_header(folder / "model.safetensors", huge, 10240 + 1_200_000_000)
+    with pytest.raises(CheckpointError, match="more than 1024 MB"):
+        read_config(folder)
+    many = {f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(5000)}
+    write_safetensors_header(folder / "model.safetensors", many, 5000)
+    with pytest.raises(CheckpointError, match="5000 tensors declared; at most 4096"):
+        read_config(folder)
+    wrong = {"text_prototypes": {"dtype": "F32", "shape": [3, 256], "data_offsets": [0, 3072]}}
+    shutil.copyfile(DEFAULT_CHECKPOINT / "model.safetensors", folder / "model.safetensors")
+    write_safetensors_header(folder / "text_prototypes.safetensors", wrong, 3072)
+    with pytest.raises(CheckpointError, match=r"text_prototypes of shape \[3, 256\], expected \[10, dim\]"):
+        read_config(folder)
+
+
+def test_a_missing_folder_and_a_folder_without_weights_get_the_same_answer(tmp_path):
+    from dpmpp.engine.checkpoint import read_config
+
+    (tmp_path / "exists" / "private").mkdir(parents=True)
+    (tmp_path / "exists" / "private" / "id_rsa").write_text("secret")
+    messages = []
+    for folder in (tmp_path / "exists" / "private", tmp_path / "absent" / "private"):
+        with pytest.raises(CheckpointError) as caught:
+            read_config(folder)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and str(tmp_path) not in messages[0]
