@@ -116,7 +116,7 @@ class Pipeline:
         for record in records:
             person = torch.from_numpy(masks(record, np.asarray(load_image(record.path)))).float()[None, None]
             pixels.append(torch.nn.functional.interpolate(person, size=self.image_size, mode="nearest")[0])
-        return patch_fraction(torch.stack(pixels), self.model.encoder.visual.patch_size).numpy()
+        return patch_fraction(torch.stack(pixels), self.model.encoder.patch_size).numpy()
 
     def transfer(
         self,
@@ -158,7 +158,7 @@ class Pipeline:
         chosen_shift, chosen = divmod(int(allowed.flatten().argmax()), scores.shape[1])
         pair = torch.cat([anchor_image, self.preprocess([candidates[chosen]])])  # [anchor, partner]
         partner, mixed = torch.tensor([1, -1]), torch.tensor([True, False])
-        patch = tuple(self.model.encoder.visual.patch_size)
+        patch = tuple(self.model.encoder.patch_size)
         shifts = torch.tensor([chosen_shift, 0])
         region = pixel_region(
             masks[[0, chosen + 1]], partner, mixed, pair.shape[-2:], patch, shifts, aug.transfer_region

@@ -31,8 +31,10 @@ class DataCfg:
 
 @dataclass
 class ModelCfg:
+    backbone: str = "clip"  # image encoder: "clip" (open_clip's tower, the paper) or "osnet_x0_25" (pretrained re-ID)
     clip_model: str = "ViT-B-16-quickgelu"  # open_clip model name (dpmpp-tiny: our small config)
-    pretrained: str | None = "openai"  # a weights file, an open_clip tag from the local cache, or None (random)
+    pretrained: str | None = "openai"  # a weights file, an open_clip tag from the local cache, or None (random);
+    # for an OSNet backbone: "msmt17" (the bundled MSMT17 weights), a safetensors file, or None
     mask_blocks: list[int] = field(default_factory=lambda: [1, 3, 9, 11])  # 0-based blocks feeding mask + saliency
     use_mask: bool = True  # dynamic prototype mask and masked metric (off: CLIP-ReID-style baseline)
     mask_hidden: int = 512  # channels of the mask generator's convolutions
@@ -74,6 +76,9 @@ class LossCfg:
     saliency_keep: float = 0.3  # target fraction of kept patches
     saliency_ratio_weight: float = 50.0
     saliency_overlap_weight: float = 0.1
+    distill_teacher: str | None = None  # a pretrained peer (dpmpp.model.peers) whose clean-crop features teach p
+    distill_weight: float = 0.0  # relational distillation: p's in-batch similarities follow the teacher's (R)
+    distill_temperature: float = 0.1  # softmax temperature of those similarities
     saliency_person_weight: float = 1.0  # BCE of the saliency head against the dataset's person masks, if it has any
 
 
@@ -168,6 +173,7 @@ def _sections() -> list[str]:
 
 # String fields that take one of a few values: checked when a preset or override sets them, and where they are used.
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.backbone": ("clip", "osnet_x0_25"),
     "model.sie_tokens": ("all", "cls"),
     "loss.i2t_feature": ("post_neck", "pre_neck"),
 }

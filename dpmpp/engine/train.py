@@ -25,6 +25,7 @@ from dpmpp.engine.loop import ProgressEvent, Stage, run_stage
 from dpmpp.eval.extract import evaluate_features, extract, records_loader
 from dpmpp.losses import loss_weights, stage1_losses, stage2_losses
 from dpmpp.model.dpmpp import DPMPP, TextBranch, build_model
+from dpmpp.model.peers import load_peer
 from dpmpp.paths import default_root
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         generator = torch.Generator()
-        patch = self.model.encoder.visual.patch_size
+        patch = self.model.encoder.patch_size
         transfer = SaliencyPatchTransfer.from_config(
             aug, aug.patch_transfer and self.model.saliency_head is not None, tuple(patch), generator
         )
@@ -237,6 +238,7 @@ class Trainer:
             epoch_box[0] = epoch
             return loader
 
+        teacher = self.teacher_features()
         # T is frozen in stage 2: what the alignment term pulls W toward is computed once.
         align_targets = self.model.prototype_targets() if self.model.text_prototypes is not None else None
 
@@ -267,6 +269,7 @@ class Trainer:
                 partner_pid=partner_pid,
                 holistic_positives=aug.holistic_positives,
                 person=patch_fraction(person, patch) if person is not None else None,
+                teacher=teacher[batch["index"]].to(self.device) if teacher is not None else None,
             )
             logits = out.masked_logits if out.masked_logits is not None else out.logits
             accuracy = float((logits.argmax(1) == pids).float().mean()) if logits is not None else None
@@ -291,6 +294,23 @@ class Trainer:
             on_epoch_end=on_epoch_end,
             record_grad_norms=self.record_grad_norms,
         )
+
+    def teacher_features(self) -> torch.Tensor | None:
+        """The distillation teacher's unit features of every clean training crop [N, D] (computed once), or None."""
+        loss = self.config.loss
+        if loss.distill_weight <= 0:
+            return None
+        if not loss.distill_teacher:
+            raise ValueError(f"loss.distill_weight={loss.distill_weight} needs loss.distill_teacher (a peer name)")
+        started = time.perf_counter()
+        features = load_peer(loss.distill_teacher).embed([r.path for r in self.split.train])
+        logger.info(
+            "teacher %s: %d training crops in %.1f s",
+            loss.distill_teacher,
+            len(features),
+            time.perf_counter() - started,
+        )
+        return torch.from_numpy(features)
 
     def person_masks(self) -> PersonMasks | None:
         """The dataset's person masks, when it has them and the saliency head or patch transfer will use them."""

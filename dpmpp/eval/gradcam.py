@@ -46,9 +46,9 @@ def prototype_gradcam(
         logits = wrapper(images)
     chosen = logits.argmax(1).tolist() if classes is None else list(classes)
     encoder = model.encoder
-    layer = encoder.visual.transformer.resblocks[-1].ln_1
-    grid = (images.shape[-2] // encoder.visual.patch_size[0], images.shape[-1] // encoder.visual.patch_size[1])
-    with GradCAM(model=wrapper, target_layers=[layer], reshape_transform=_tokens_to_maps(grid)) as cam:
+    grid = (images.shape[-2] // encoder.patch_size[0], images.shape[-1] // encoder.patch_size[1])
+    reshape = _tokens_to_maps(grid) if hasattr(encoder, "visual") else None  # a CNN's layer already gives maps
+    with GradCAM(model=wrapper, target_layers=[encoder.gradcam_layer()], reshape_transform=reshape) as cam:
         maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(c) for c in chosen])
     scores = logits[torch.arange(len(chosen)), torch.tensor(chosen)].numpy()
     return maps, np.array(chosen), scores

@@ -35,12 +35,14 @@ def stage2_losses(
     holistic_positives: bool = False,
     person: torch.Tensor | None = None,
     align_targets: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every stage-2 term that the model's output supports. `partner_pid` [B] (-1: none) drives class-ignoring.
 
     `person` [B, h, w]: the fraction of each patch that shows a person (the dataset's masks, after transfer);
     with it, the saliency head is also fitted to those masks. `align_targets` [C, E]: what the alignment term
-    pulls W toward (the model's `prototype_targets()`); default `text_prototypes`.
+    pulls W toward (the model's `prototype_targets()`); default `text_prototypes`. `teacher` [B, D']: a pretrained
+    peer's unit features of each image's clean crop, which the batch's similarity structure is distilled from.
     """
     # Losses are computed in float32 whatever precision the forward pass ran in (bf16 autocast on CUDA).
     out = dataclasses.replace(
@@ -87,7 +89,23 @@ def stage2_losses(
             losses["saliency_person"] = torch.nn.functional.binary_cross_entropy(
                 out.saliency.clamp(1e-6, 1 - 1e-6), person.float()
             )
+    if teacher is not None:
+        losses["distill"] = relational_distillation(out.proj, teacher.float(), cfg.distill_temperature)
     return losses
+
+
+def relational_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) between each sample's softmax over its cosine similarities to the rest of the batch.
+
+    student [B, E], teacher [B, D] (any D: only similarities are compared). The teacher sees clean crops; the
+    student sees them after augmentation and patch transfer, so it learns the teacher's metric under occlusion.
+    """
+    off_diagonal = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+    s = F.normalize(student, dim=1) @ F.normalize(student, dim=1).T
+    t = F.normalize(teacher, dim=1) @ F.normalize(teacher, dim=1).T
+    s = s[off_diagonal].view(len(student), -1) / temperature
+    t = t[off_diagonal].view(len(student), -1) / temperature
+    return F.kl_div(F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), log_target=True, reduction="batchmean")
 
 
 def i2t_logits(out, text_prototypes: torch.Tensor, cfg: LossCfg) -> torch.Tensor:
@@ -115,4 +133,5 @@ def loss_weights(cfg: LossCfg) -> dict[str, float]:
         "saliency_ratio": cfg.saliency_weight * cfg.saliency_ratio_weight,
         "saliency_overlap": cfg.saliency_weight * cfg.saliency_overlap_weight,
         "saliency_person": cfg.saliency_weight * cfg.saliency_person_weight,
+        "distill": cfg.distill_weight,
     }

@@ -163,6 +163,14 @@ class ImageEncoder(nn.Module):
             last_tokens=tokens[last],
         )
 
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.visual.patch_size)
+
+    def gradcam_layer(self) -> nn.Module:
+        """The layer Grad-CAM reads: the last block's first norm, whose tokens `gradcam` turns back into maps."""
+        return self.visual.transformer.resblocks[-1].ln_1
+
     def patch_projection(self, tokens: torch.Tensor) -> torch.Tensor:
         """Patch tokens [B, N, W] -> prototype space [B, N, E] (ln_post then proj, as for CLS)."""
         return self.visual.ln_post(tokens) @ self.visual.proj

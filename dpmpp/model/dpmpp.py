@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from dpmpp.config import ModelCfg
 from dpmpp.model.backbone import ImageEncoder, create_clip
 from dpmpp.model.heads import BNNeck, MaskGenerator, SaliencyHead, cosine_logits, masked_cosine_logits
+from dpmpp.model.osnet_encoder import create_osnet_encoder
 from dpmpp.model.text import PromptLearner, TextEncoder
 
 
@@ -136,11 +138,24 @@ def build_model(
     load_pretrained: bool = True,
     device=None,
 ) -> tuple[DPMPP, TextBranch | None]:
-    """Create the DPM++ model (and, for training, the text branch) from open_clip."""
-    clip = create_clip(cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device)
-    encoder = ImageEncoder(
-        clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef, cfg.sie_tokens
-    )
+    """Create the DPM++ model (and, for training, the text branch): the image encoder from open_clip or OSNet,
+    the text branch always from open_clip (its `embed_dim` must be the encoder's)."""
+    if cfg.backbone == "clip":
+        clip = create_clip(cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device)
+        encoder = ImageEncoder(
+            clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef, cfg.sie_tokens
+        )
+    else:
+        if cfg.camera_embedding:
+            raise ValueError(f"model.camera_embedding (SIE) needs a token encoder; {cfg.backbone} has none")
+        encoder = create_osnet_encoder(cfg.backbone, cfg.pretrained if load_pretrained else None)
+        clip = create_clip(cfg.clip_model, None, image_size, device) if with_text and cfg.use_text_stage else None
+        text_dim = open_clip.get_model_config(cfg.clip_model)["embed_dim"] if clip is not None else encoder.embed_dim
+        if text_dim != encoder.embed_dim:
+            raise ValueError(
+                f"the text tower of {cfg.clip_model!r} gives {text_dim}-d features; "
+                f"{cfg.backbone} needs {encoder.embed_dim}-d (e.g. model.clip_model=dpmpp-text512)"
+            )
     model = DPMPP(encoder, cfg, num_classes)
     text = (
         TextBranch(clip, cfg.clip_model, num_classes, cfg.prompt_template) if with_text and cfg.use_text_stage else None

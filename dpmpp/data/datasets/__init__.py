@@ -156,6 +156,7 @@ def sorted_records(records: list[ReIDRecord]) -> list[ReIDRecord]:
 def _import_readers() -> None:
     # Imported lazily so that `dpmpp.data.datasets` has no import cycle with the reader modules.
     from dpmpp.data.datasets import (  # noqa: F401
+        combined,
         cuhk01,
         dukemtmc,
         manifest,
