@@ -145,5 +145,7 @@ def _openvino_runner(path: Path):
     core = openvino.Core()
     model = core.read_model(str(path))
     model.reshape({model.inputs[0].get_any_name(): [-1, 3, INPUT_SIZE[1], INPUT_SIZE[0]]})  # the IR fixes batch 1
-    compiled = core.compile_model(model, "CPU")
+    # f32 throughout: on CPUs with bf16 units the plugin would otherwise infer in bf16, and features would depend
+    # on the batch's composition
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return lambda batch: compiled(batch)[0]
