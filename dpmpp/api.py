@@ -127,7 +127,7 @@ class Pipeline:
         threshold: float | None = None,
         candidate_saliency: np.ndarray | None = None,
     ) -> TransferView:
-        """Occlude `anchor` with a partner's real occlusion pattern (SPT, METHOD.md §4).
+        """Occlude `anchor` with a partner's real occlusion pattern (SPT, docs/method.md §4).
 
         The partner is `candidates[partner_index]`, or, when None, the candidate and shift with the highest
         occlusion-aware IoU (deterministic: the best pair rather than a draw from the top 10 %).

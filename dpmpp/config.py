@@ -1,6 +1,6 @@
 """Configuration as dataclasses: JSON presets in dpmpp/configs, dotted `--set` overrides, saved beside weights.
 
-Every switch the ablation grid (METHOD.md §8) varies is a named field with a one-line comment; choices that
+Every switch the ablation grid (docs/method.md §8) varies is a named field with a one-line comment; choices that
 are our reconstruction rather than published fact are marked (R).
 """
 

@@ -1,4 +1,4 @@
-"""The import direction of DESIGN.md §2, checked on the source (boundaries erode silently otherwise)."""
+"""The import direction of docs/design.md §2, checked on the source (boundaries erode silently otherwise)."""
 
 import ast
 from pathlib import Path

@@ -2,7 +2,7 @@
 
 The masked score depends on the query's mask, so no single prebuilt index answers it exactly. An inverted-file
 index (faiss IVF, inner product on unit features) proposes `candidates` items per query; the exact masked cosine
-of METHOD.md §5 then re-ranks them. Gallery features can live in a float16 memory-mapped file, read in chunks,
+of docs/method.md §5 then re-ranks them. Gallery features can live in a float16 memory-mapped file, read in chunks,
 so 10^6 × 512 features take 1 GB on disk and little RAM.
 """
 

@@ -1,4 +1,4 @@
-"""Distances for retrieval: plain cosine and DPM's query-adaptive masked cosine (METHOD.md §5)."""
+"""Distances for retrieval: plain cosine and DPM's query-adaptive masked cosine (docs/method.md §5)."""
 
 from __future__ import annotations
 
