@@ -63,11 +63,24 @@ def resolve_pretrained(model_name: str, pretrained: str | None, cache_dir: str |
 
 def create_clip(model_name: str, pretrained: str | None, image_size: tuple[int, int], device=None) -> nn.Module:
     """An open_clip CLIP model at re-ID input size (position embedding resized when weights are loaded)."""
+    import zipfile
+
     weights = resolve_pretrained(model_name, pretrained)
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; e.g. ViT-B-16-quickgelu, dpmpp-tiny")
+    # OpenAI's own files (ViT-B-16.pt) are TorchScript archives, which torch.load refuses under weights_only=True;
+    # without it, torch.load hands them to torch.jit.load (the loader OpenAI's clip package uses), which restores
+    # TorchScript types only, not arbitrary Python objects. Every other file keeps weights_only=True.
+    torchscript = False
+    if weights is not None and zipfile.is_zipfile(weights):
+        with zipfile.ZipFile(weights) as archive:
+            torchscript = any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in archive.namelist())
     model = open_clip.create_model(
-        model_name, pretrained=weights, force_image_size=tuple(image_size), device=device or "cpu"
+        model_name,
+        pretrained=weights,
+        force_image_size=tuple(image_size),
+        device=device or "cpu",
+        weights_only=not torchscript,
     )
     logger.info("created %s (%s) at %s", model_name, weights or "random init", tuple(image_size))
     return model
