@@ -205,6 +205,14 @@ def cmd_bench(args) -> int:
         print(f"patch transfer on pets09_occ training batches, {epochs} epochs, tiny preset")
         print(json.dumps(results) if args.json else format_report(results))
         return 0
+    if args.what == "zeroshot":
+        from dpmpp.bench.zeroshot import NUM_SPLITS, format_table, run
+
+        out = Path(args.out or "bench/results/zeroshot.csv")
+        rows = run(out, NUM_SPLITS if args.splits is None else args.splits)
+        print(f"results: {out}")
+        print(format_table(rows))
+        return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
         from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
@@ -285,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
-        "what", choices=["speed", "accuracy", "masks", "events", "grads", "transfer"], help="which benchmark"
+        "what",
+        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "zeroshot"],
+        help="which benchmark",
     )
     bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy, grads: seeds of each trained row")
@@ -300,9 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument(
-        "--out", default=None, help="speed: also write JSON here; accuracy: the CSV to fill; events: the CSV to read"
+        "--out",
+        default=None,
+        help="speed: also write JSON here; accuracy: the CSV to fill; events: the CSV to read; "
+        "zeroshot: the CSV to write",
     )
     bench.add_argument("--reference", default=None, help="events: the row others are compared with (DPM++ full)")
+    bench.add_argument("--splits", type=int, default=None, help="zeroshot: the first N random CUHK01 splits (10)")
     bench.add_argument("--device", default=None)
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -260,3 +260,28 @@ def test_transfer_report_measures_class_ignorings_premise_on_real_batches():
     # cutting nearer persons out of the silhouettes makes occlusion-aware pairing favour partners hidden by one
     assert nearer["partner_hidden_by_a_person"] > plain["partner_hidden_by_a_person"]
     assert "nearer persons cut out" in format_report([plain, nearer])
+
+
+def test_zeroshot_writes_a_tidy_csv_and_per_query_results_and_a_peer_beats_the_floor(tmp_path):
+    import pandas as pd
+
+    from dpmpp.bench.events import load_per_query
+    from dpmpp.bench.zeroshot import COLUMNS, format_table, run
+
+    out = tmp_path / "zeroshot.csv"
+    rows = run(out, splits=2, models=["hsv", "omz-0288"], datasets=["cuhk01"], threads=1)
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == COLUMNS and len(frame) == len(rows) == 4  # 2 models x 2 splits
+    assert set(frame["split"]) == {0, 1} and (frame["num_query"] == 972).all() and (frame["num_gallery"] == 972).all()
+    assert frame[["rank1", "mAP", "mINP"]].apply(lambda column: column.between(0, 100)).all().all()
+    rank1 = frame.pivot(index="split", columns="model", values="rank1")
+    assert (rank1["omz-0288"] > rank1["hsv"] + 30).all()  # measured: 81.7 / 82.3 against 7.4 / 9.6
+    per_query = load_per_query(tmp_path / "zeroshot_per_query" / "cuhk01_split0")  # split 0 only
+    assert set(per_query) == {("hsv", "0"), ("omz-0288", "0")}
+    peer = per_query[("omz-0288", "0")]
+    assert len(peer) == 972 and peer["query"].tolist() == list(range(972))
+    assert peer["rank1"].mean() * 100 == pytest.approx(rank1.loc[0, "omz-0288"], abs=0.01)
+    assert ((peer["first_true_rank"] == 1) == (peer["rank1"] == 1)).all()
+    assert not (tmp_path / "zeroshot_per_query" / "cuhk01_split1").exists()
+    table = format_table(rows)
+    assert "| OMZ person-reid-retail-0288 | " in table and "mean ± std over 2 random splits" in table
