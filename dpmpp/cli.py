@@ -213,6 +213,21 @@ def cmd_bench(args) -> int:
         print(f"results: {out}")
         print(format_table(rows))
         return 0
+    if args.what == "proximity":
+        from dpmpp.bench.proximity import DEFAULT_PEERS, format_gains, format_table, run
+        from dpmpp.paths import DEFAULT_CHECKPOINT
+
+        checkpoints, peers = getattr(args, "checkpoints", None) or [], args.peer or []
+        if not checkpoints and not peers:
+            checkpoints, peers = [DEFAULT_CHECKPOINT], list(DEFAULT_PEERS)
+        summary, per_query, gains = run(checkpoints, peers, args.device, args.out)
+        if args.out:
+            print(f"results: {args.out}")
+        print(format_table(summary, per_query))
+        if len(gains):
+            print()
+            print(format_gains(gains))
+        return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
         from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
@@ -239,6 +254,14 @@ def cmd_bench(args) -> int:
         write_json(args.out, results)
     print(json.dumps(results) if args.json else format_tables(results))
     return 0
+
+
+class _Repeatable(argparse.Action):
+    """A plain option (the last value wins) that also keeps every value given, in order, under `<dest>s`."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}s", [*(getattr(namespace, f"{self.dest}s", None) or []), values])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,10 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
         "what",
-        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "zeroshot"],
+        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "proximity", "zeroshot"],
         help="which benchmark",
     )
-    bench.add_argument("--checkpoint", default=None, help="masks: the checkpoint to analyse (default: bundled)")
+    bench.add_argument(
+        "--checkpoint",
+        default=None,
+        action=_Repeatable,
+        help="masks: the checkpoint to analyse (default: bundled); proximity: a checkpoint to score (repeatable)",
+    )
     bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy, grads: seeds of each trained row")
     bench.add_argument(
         "--epochs",
@@ -314,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="speed: also write JSON here; accuracy: the CSV to fill; events: the CSV to read; "
         "zeroshot: the CSV to write",
+    )
+    bench.add_argument(
+        "--peer",
+        action="append",
+        default=None,
+        help="proximity: a pretrained peer to score (repeatable); with neither --checkpoint nor --peer, the bundled "
+        "checkpoint, omz-0277 and osnet-x0.25-msmt17; --out: the CSV to write",
     )
     bench.add_argument("--reference", default=None, help="events: the row others are compared with (DPM++ full)")
     bench.add_argument("--splits", type=int, default=None, help="zeroshot: the first N random CUHK01 splits (10)")

@@ -12,6 +12,8 @@ DEFAULT_CHECKPOINT = CHECKPOINTS / "dpmpp_tiny_pets09"
 BUNDLED_DATA_ROOTS = {
     "pets09_occ": ASSETS / "pets09_occ",
     "pets09_holistic": ASSETS / "pets09_occ",
+    "pets09_occ_val": ASSETS / "pets09_occ",
+    "pets09_holistic_val": ASSETS / "pets09_occ",
     "cuhk01_pets09": ASSETS,
     "cuhk01_pets09_val": ASSETS,
     **{name: ASSETS / "cuhk01" for name in ("cuhk01", "cuhk01_occ", "cuhk01_val", "cuhk01_occ_val")},
