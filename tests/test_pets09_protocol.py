@@ -31,7 +31,7 @@ PROTOCOL = Protocol()
 
 
 @pytest.fixture(scope="module")
-def test_split():
+def occ_split():
     return load_split("pets09_occ", BENCH)
 
 
@@ -45,9 +45,9 @@ def _gap(a: list[ReIDRecord], b: list[ReIDRecord]) -> int:
     return int(min(np.abs(frames_b - r.meta["frame"]).min() for r in a))
 
 
-def test_val_readers_are_bundled_and_read_training_rows_only(test_split, val_split):
+def test_val_readers_are_bundled_and_read_training_rows_only(occ_split, val_split):
     holistic = load_split("pets09_holistic_val", default_root("pets09_holistic_val"))
-    training_paths = {r.path for r in test_split.train}
+    training_paths = {r.path for r in occ_split.train}
     for split in (val_split, holistic):
         records = split.train + split.query + split.gallery
         assert all(r.meta["split"] == "train" for r in records)
@@ -67,11 +67,11 @@ def test_val_training_and_validation_frames_are_a_test_chunk_apart(val_split):
     assert all(chunk % 2 == 0 for chunk in held_chunks)  # training chunks only
 
 
-def test_whole_chunks_are_held_out_and_no_other_training_crop_is_lost(test_split, val_split):
-    chunks = validation_chunks(test_split.train)
+def test_whole_chunks_are_held_out_and_no_other_training_crop_is_lost(occ_split, val_split):
+    chunks = validation_chunks(occ_split.train)
     assert chunks == [2, 6, 10, 14]
-    held = [r for r in test_split.train if chunk_of(r.meta["frame"]) in chunks]
-    assert sorted(r.path for r in val_split.train + held) == sorted(r.path for r in test_split.train)
+    held = [r for r in occ_split.train if chunk_of(r.meta["frame"]) in chunks]
+    assert sorted(r.path for r in val_split.train + held) == sorted(r.path for r in occ_split.train)
 
 
 def test_val_queries_are_occluded_answerable_and_usable(val_split):
@@ -180,11 +180,11 @@ def test_distance_bins_partition_every_distance():
     assert distance_bin(48) == "31-48" and distance_bin(49) == "> 48" and distance_bin(math.inf) == "> 48"
 
 
-def test_bins_partition_the_pets09_queries_as_the_review_measured(test_split):
-    proximity = query_proximity(test_split)
+def test_bins_partition_the_pets09_queries_as_the_review_measured(occ_split):
+    proximity = query_proximity(occ_split)
     masks = subsets(proximity)
     bins = np.stack([mask for name, mask in masks.items() if name.startswith("nearest ")])
-    assert (bins.sum(axis=0) == 1).all() and masks[ALL].sum() == len(test_split.query)
+    assert (bins.sum(axis=0) == 1).all() and masks[ALL].sum() == len(occ_split.query)
     distances = proximity["nearest_train"]
     assert distances.min() > PROTOCOL.guard_frames and distances.max() <= 48 and distances.median() == 21
     near_same = proximity["nearest_same_occluder"] & (distances <= 20)
