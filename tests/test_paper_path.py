@@ -54,9 +54,9 @@ SMALL = [
     "train.eval_every=0",
     "eval.batch_size=8",
 ]
-# The format tests train without the camera embedding (SIE), which the preset turns on: with it, the encoder's
-# state dict holds the same tensor twice (encoder.camera.embedding, encoder.visual.patch_dropout.embedding) and
-# writing model.safetensors fails. test_the_paper_preset_as_is_trains_and_evaluates keeps it on.
+# The format tests train without the camera embedding (SIE), which the preset turns on, so that they check the
+# weights alone; test_the_paper_preset_as_is_trains_and_evaluates keeps it on (and guards that a checkpoint with
+# SIE can be written: the module is registered once, inside the tower).
 NO_SIE = ["model.camera_embedding=false"]
 CHECKED = [  # encoder tensors compared with the file's (the position embedding is resized, so it is not)
     "visual.proj",

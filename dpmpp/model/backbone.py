@@ -145,10 +145,13 @@ class ImageEncoder(nn.Module):
         self.width = visual.transformer.width
         self.embed_dim = visual.proj.shape[1]
         self.grid = tuple(visual.grid_size)
-        self.camera: CameraEmbedding | None = None
-        if num_cameras > 0:
-            self.camera = CameraEmbedding(visual.patch_dropout, num_cameras, self.width, sie_coef, sie_tokens)
-            visual.patch_dropout = self.camera
+        if num_cameras > 0:  # registered once, inside the tower: a checkpoint cannot store one tensor under two names
+            visual.patch_dropout = CameraEmbedding(visual.patch_dropout, num_cameras, self.width, sie_coef, sie_tokens)
+
+    @property
+    def camera(self) -> CameraEmbedding | None:
+        """The SIE module, when the encoder has one (it lives in the tower, in place of `patch_dropout`)."""
+        return self.visual.patch_dropout if isinstance(self.visual.patch_dropout, CameraEmbedding) else None
 
     def forward(self, images: torch.Tensor, camids: torch.Tensor | None = None) -> VisualTokens:
         """images [B, 3, H, W] -> VisualTokens."""
