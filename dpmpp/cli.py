@@ -228,6 +228,21 @@ def cmd_bench(args) -> int:
             print()
             print(format_gains(gains))
         return 0
+    if args.what == "grid":
+        from dpmpp.bench import grid as grids
+
+        if not args.grid:
+            raise SystemExit("bench grid needs --grid FILE (e.g. bench/grids/cuhk01.json)")
+        grid = grids.Grid.load(args.grid)
+        out = Path(args.out or "bench/results")
+        if not args.summary_only:
+            grids.run(grid, args.seeds or [0, 1, 2], out, args.jobs, args.methods)
+        data = grids.load_results(grid, out)
+        print(grids.summary_table(data, grid.evaluate))
+        for dataset in grid.evaluate:
+            print()
+            print(grids.paired_table(data, grid.reference, dataset))
+        return 0
     if args.what == "events":
         from dpmpp.bench.accuracy import fill_per_query
         from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
@@ -237,7 +252,7 @@ def cmd_bench(args) -> int:
         if not per_query:
             raise SystemExit(f"no per-query results for {out}: run `python -m dpmpp bench accuracy --out {out}` first")
         reference = args.reference or "DPM++ full"
-        print(f"per-query results: {len(per_query)} (row, seed) pairs; 95 % intervals resample occlusion events")
+        print(f"per-query results: {len(per_query)} (row, seed) pairs")
         print(event_table(per_query, reference, mask_off_of="DPM++ full"))
         print()
         print("Queries hidden behind another person: does the top match find the person, or the occluder?")
@@ -317,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
         "what",
-        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "proximity", "zeroshot"],
+        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "proximity", "zeroshot", "grid"],
         help="which benchmark",
     )
     bench.add_argument(
@@ -351,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint, omz-0277 and osnet-x0.25-msmt17; --out: the CSV to write",
     )
     bench.add_argument("--reference", default=None, help="events: the row others are compared with (DPM++ full)")
+    bench.add_argument("--grid", default=None, help="grid: the grid file (bench/grids/*.json)")
+    bench.add_argument("--summary-only", action="store_true", help="grid: print the tables of the runs so far")
     bench.add_argument("--splits", type=int, default=None, help="zeroshot: the first N random CUHK01 splits (10)")
     bench.add_argument("--device", default=None)
     bench.set_defaults(func=cmd_bench)

@@ -124,11 +124,12 @@ def score_peer(grid: Grid, name: str, out: Path) -> None:
 
 
 def run(grid: Grid, seeds: list[int], out: Path, jobs: int = 1, rows: list[str] | None = None) -> None:
-    """Score the peers, then train every missing (row, seed), `jobs` at a time (one process each)."""
+    """Score the peers, then train every missing (row, seed), `jobs` at a time (one process each), seed by seed:
+    an interrupted grid leaves whole seeds, which pair."""
     for name in grid.peers:
         score_peer(grid, name, out)
     per_query = grid.folders(out)[1] / grid.evaluate[-1]
-    todo = [(r, s) for r in rows or grid.rows for s in seeds if not (per_query / f"{run_name(r, s)}.csv").exists()]
+    todo = [(r, s) for s in seeds for r in rows or grid.rows if not (per_query / f"{run_name(r, s)}.csv").exists()]
     if jobs <= 1:
         for row, seed in todo:
             train_and_score(grid, row, seed, out)
