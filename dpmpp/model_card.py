@@ -13,10 +13,16 @@ def model_card_markdown(checkpoint: str | Path) -> str:
     config, meta = read_config(checkpoint)
     metrics_path = Path(checkpoint) / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    model = config.model
+    encoder = (
+        f"open_clip `{model.clip_model}`"
+        if model.backbone == "clip"
+        else f"`{model.backbone}` (text tower: open_clip `{model.clip_model}`, random init)"
+    )
     lines = [
         f"### {Path(checkpoint).name}",
-        f"- preset **{config.preset}**, open_clip `{config.model.clip_model}` "
-        f"(pretrained: {config.model.pretrained or 'none, random init'}), input {meta['image_size']}",
+        f"- preset **{config.preset}**, {encoder} (pretrained: {model.pretrained or 'none, random init'}), "
+        f"input {meta['image_size']}",
         f"- trained on **{meta.get('dataset')}**: {meta.get('train_images', '?')} images, "
         f"{meta['num_classes']} identities, {meta.get('num_cameras')} cameras (tracks)",
         f"- stage 1 {config.train.stage1_epochs} epochs, stage 2 {config.train.epochs} epochs, "
@@ -26,6 +32,11 @@ def model_card_markdown(checkpoint: str | Path) -> str:
         f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
         f", class-ignoring {_class_ignoring(config.aug.class_ignoring)}",
     ]
+    if config.loss.distill_weight > 0:
+        lines.append(
+            f"- distilled from `{config.loss.distill_teacher}` (its features of the clean training crops; weight "
+            f"{config.loss.distill_weight}, temperature {config.loss.distill_temperature})"
+        )
     for split, results in metrics.get("final", {}).items():
         for mode, m in results.items():
             lines.append(
