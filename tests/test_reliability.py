@@ -248,3 +248,21 @@ def test_a_missing_folder_and_a_folder_without_weights_get_the_same_answer(tmp_p
             read_config(folder)
         messages.append(str(caught.value))
     assert messages[0] == messages[1] and str(tmp_path) not in messages[0]
+
+
+def test_elongated_images_are_refused_from_their_header_and_large_ones_scaled_down(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (40000, 8)).save(strip, optimize=True)
+    photo = encoded(Image.new("RGB", (1200, 2400), (90, 40, 40)), "JPEG")
+    assert load_image(photo, max_side=512).size == (256, 512)
+    with pytest.raises(ImageLoadError, match="longer side is at most 8 times"):
+        load_image(np.zeros((900, 100, 3), np.uint8))
+
+    def decode(self, *args, **kwargs):
+        raise AssertionError("decoded an image that its header already disqualifies")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    with pytest.raises(ImageLoadError, match="strip.png: image is 40000x8; a person crop's longer side"):
+        load_image(strip)
