@@ -2,34 +2,56 @@
 
 `python app.py` serves http://127.0.0.1:7860 with the bundled model and benchmark. This file only wires widgets;
 all model logic is in dpmpp.api / dpmpp.explorer, all figures in dpmpp.viz.
+
+Classroom mode (`--classroom`, and the default for any `--host` other than loopback): every visitor can query,
+occlude, inspect, compare and export; training, stopping another session's training, uploading checkpoints and
+loading unlisted folders are for the teacher, who opens the URL printed at start (`?teacher=TOKEN`) or enters the
+token in the Model tab. In every mode, a session idle for `--idle-minutes` is dropped, uploads are checked from their
+header before anything decodes them, and errors reach visitors without server paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import base64
+import datetime
+import ipaddress
 import logging
 import math
+import os
+import re
+import secrets
+import shutil
 import tempfile
 import threading
 import time
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import plotly
+from gradio import component_meta
+from gradio.components.base import server
 from PIL import Image
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
-from dpmpp.api import Pipeline, install_checkpoint, safe_name
+from dpmpp.api import CHECKPOINT_FILES, Pipeline, install_checkpoint, safe_name
+from dpmpp.atomic import write_text
 from dpmpp.caching import shared_cache
 from dpmpp.cases import CaseError, build_case, read_case
 from dpmpp.config import preset_names
 from dpmpp.data.datasets import dataset_names, load_split
 from dpmpp.data.foreground import PersonMasks
-from dpmpp.data.images import ImageLoadError, load_image
-from dpmpp.data.occluders import PasteParams, load_bank, paint, paste
+from dpmpp.data.images import MAX_PIXELS, ImageLoadError, check_size, image_size, load_image
+from dpmpp.data.occluders import FILLS, PasteParams, load_bank, paint, paste
 from dpmpp.engine.checkpoint import CheckpointError, weights_hash
 from dpmpp.explorer import BenchmarkExplorer, build_prototype_map
-from dpmpp.jobs import COMPONENTS, TrainingJobs, training_config
+from dpmpp.jobs import COMPONENTS, MAX_EPOCHS, StopRefused, TrainingJobs, training_config
 from dpmpp.model_card import model_card_markdown
 from dpmpp.paths import ASSETS, CHECKPOINTS, DEFAULT_CHECKPOINT
 from dpmpp.viz.curves import cmc_figure, loss_figure, occlusion_bins_figure
@@ -42,8 +64,23 @@ logger = logging.getLogger("dpmpp.app")
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: no CDN
 BENCHMARK = ASSETS / "pets09_occ"
 HSV = "HSV colour floor (no model)"
-SETTINGS = {"checkpoint_dir": CHECKPOINTS, "data_root": None}
+SETTINGS = {
+    "checkpoint_dir": CHECKPOINTS,
+    "data_root": None,
+    "start": None,  # the checkpoint loaded first; listed for everyone
+    "classroom": False,  # students may not train, upload checkpoints or load unlisted folders
+    "teacher_token": os.environ.get("DPMPP_TEACHER_TOKEN") or secrets.token_urlsafe(16),
+    "idle_minutes": 30.0,  # a session unused this long is dropped with its images
+    "checkpoint_quota_mb": 2048,  # the checkpoint folder: uploads and trainings stop above this
+    "upload_quota_mb": 1024,  # files visitors upload, until the cache deletes them (after an hour)
+}
 JOBS = TrainingJobs()
+TEACHER_SESSIONS: set[str] = set()  # sessions that entered the teacher token
+UPLOAD_SIDE = 512  # uploaded crops are scaled down to fit this square before a session keeps them
+LAYER_PIXELS = 1024 * 1024  # one paint layer (the canvas is the enlarged crop: at most 2048x256)
+MAX_LAYERS = 8  # paint layers per Apply
+TRAINING_RESERVE_MB = 100  # what one training may write (weights, resumable state, metrics)
+ECHO_CHARS, MESSAGE_CHARS = 100, 400  # visitor input echoed in a message; a whole message
 
 ABOUT = (
     "**Data**: PETS 2009 S2.L1, View 001 (© University of Reading; Ferryman & Shahrokni, PETS 2009) with the "
@@ -79,26 +116,134 @@ EXPLAIN_METRIC = (
 )
 
 
+# ----- what visitors are told, and who they are ---------------------------------------------------------------
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`()\[\]{},;:]+/)*([^\s/'\"`()\[\]{},;:]*)")
+
+
+def clip(text, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters: what a message may echo of a visitor's input."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def public(text, limit: int = MESSAGE_CHARS) -> str:
+    """A message fit for any visitor: every absolute path reduced to its last part, at most `limit` characters."""
+    return clip(_ABSOLUTE_PATH.sub(lambda match: match.group(1) or "/", str(text)), limit)
+
+
+def refuse(message, error: Exception | None = None) -> gr.Error:
+    """A gr.Error for visitors (no server paths, bounded length); the full error goes to the server log."""
+    if error is not None:
+        logger.info("refused: %s (%s: %s)", clip(message, 200), type(error).__name__, clip(error, 2000))
+    return gr.Error(public(message))
+
+
+def display(path) -> str:
+    """A checkpoint folder as visitors see it: relative to the checkpoint folder, else its name."""
+    path, root = Path(path), Path(SETTINGS["checkpoint_dir"]).resolve()
+    return clip(str(path.relative_to(root)) if path.is_relative_to(root) else path.name or "/")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def is_teacher(request: gr.Request | None) -> bool:
+    """The teacher: a session that entered the token, a page opened with `?teacher=TOKEN`, or the server's own calls."""
+    if request is None:
+        return True
+    if session_of(request) in TEACHER_SESSIONS:
+        return True
+    given = str((getattr(request, "query_params", None) or {}).get("teacher", "") or "")
+    return bool(given) and secrets.compare_digest(given.encode(), SETTINGS["teacher_token"].encode())
+
+
+def may_manage(request: gr.Request | None) -> bool:
+    """Training, uploading checkpoints and loading unlisted folders: anyone outside classroom mode, else the teacher."""
+    return not SETTINGS["classroom"] or is_teacher(request)
+
+
+def require_manager(request: gr.Request | None, what: str) -> None:
+    if not may_manage(request):
+        raise gr.Error(f"In classroom mode only the teacher can {what}.")
+
+
+def folder_bytes(folder) -> int:
+    folder = Path(folder)
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def check_checkpoint_quota(adding: int) -> None:
+    """Refuse to write `adding` more bytes into the checkpoint folder when that would pass its quota."""
+    quota = int(SETTINGS["checkpoint_quota_mb"]) << 20
+    used = folder_bytes(SETTINGS["checkpoint_dir"])
+    if used + adding > quota:
+        raise gr.Error(
+            f"The checkpoint folder holds {used >> 20} MB of its {quota >> 20} MB quota; delete old checkpoints "
+            "before saving more."
+        )
+
+
 # ----- cached heavy objects (keyed by checkpoint, shared by all sessions) -------------------------------------
 def checkpoint_choices() -> list[str]:
-    folder = Path(SETTINGS["checkpoint_dir"])
-    found = sorted(str(p.parent) for p in folder.glob("*/model.safetensors")) if folder.is_dir() else []
-    return found + [HSV]
+    """The listed checkpoints: the start checkpoint and every folder with weights in the checkpoint folder."""
+    folder = Path(SETTINGS["checkpoint_dir"]).resolve()
+    found = [p.parent for p in folder.glob("*/model.safetensors")] if folder.is_dir() else []
+    listed = {str(p) for p in found if not p.name.startswith(".")}  # not an upload's staging folder
+    if SETTINGS["start"] not in (None, HSV):
+        listed.add(str(Path(SETTINGS["start"]).resolve()))
+    return sorted(listed) + [HSV]
 
 
-@shared_cache(maxsize=4)
+def canonical(checkpoint: str | None) -> tuple[str]:
+    """One cache key per folder, however it is spelled (`ckpt/`, `//ckpt`, `ckpt/.`); None is the default."""
+    if checkpoint == HSV:
+        return (HSV,)
+    return (str(Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()),)
+
+
+def checkpoint_for(text, request: gr.Request | None = None) -> str:
+    """The folder a visitor asked for, resolved (a name is looked up in the checkpoint folder).
+
+    In classroom mode a student gets the same answer for every unlisted folder, whether it exists or not.
+    """
+    text = "" if text is None else str(text).strip()
+    if text == HSV:
+        return HSV
+    try:
+        if not text or "\x00" in text or len(text) > 4096:
+            raise ValueError("not a folder name")
+        path = (Path(SETTINGS["checkpoint_dir"]) / text).resolve()
+    except (ValueError, OSError, RuntimeError) as error:
+        raise refuse(f"Could not load {clip(text)!r}: not a checkpoint folder.", error) from error
+    if str(path) not in checkpoint_choices() and not may_manage(request):
+        raise gr.Error(
+            f"{display(path)!r} is not one of the listed checkpoints; in classroom mode only the teacher loads "
+            "other folders."
+        )
+    return str(path)
+
+
+@shared_cache(maxsize=4, key=canonical)
 def explorer_for(checkpoint: str) -> BenchmarkExplorer:
     split = load_split("pets09_occ", BENCHMARK)
     pipeline = None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
     return BenchmarkExplorer(split, pipeline)
 
 
-@shared_cache(maxsize=4)
+@shared_cache(maxsize=4, key=canonical)
 def prototype_map_for(checkpoint: str):
     return build_prototype_map(explorer_for(checkpoint))
 
 
-@shared_cache(maxsize=4)
+@shared_cache(maxsize=4, key=canonical)
 def query_table_for(checkpoint: str):
     return explorer_for(checkpoint).query_table()
 
@@ -127,7 +272,7 @@ def partner_source(checkpoint: str) -> str:
     return "silhouette" if auto else "head"
 
 
-@shared_cache(maxsize=4)
+@shared_cache(maxsize=4, key=canonical)
 def partner_saliency_for(checkpoint: str) -> np.ndarray:
     """Per-patch person maps of the fixed partner pool, computed once per model."""
     pipeline = explorer_for(checkpoint).pipeline
@@ -196,43 +341,151 @@ def _image(view: dict, which: str) -> np.ndarray:
     return view["clean"] if image is None else image
 
 
-# ----- handlers ---------------------------------------------------------------------------------------------
-def load_model(checkpoint: str):
+# ----- uploads: checked from their header before anything decodes them -----------------------------------------
+def check_encoded(item, max_pixels: int) -> None:
+    """Refuse an uploaded image (a FileData, its bytes, or a path) by its header: size and aspect, nothing decoded."""
     try:
-        explorer = explorer_for(checkpoint)
-        card = model_card(checkpoint)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        raise gr.Error(f"Could not load {checkpoint}: {error}. The previous model stays active.") from error
+        url = getattr(item, "url", None) or ""
+        if url.startswith("data:"):
+            source = base64.b64decode(url.split(",", 1)[-1], validate=False)
+        elif isinstance(item, (bytes, bytearray, str, Path)):
+            source = item
+        else:
+            source = getattr(item, "path", None)
+        if source is None:
+            raise ImageLoadError("no image was received")
+        check_size(*image_size(source), max_pixels=max_pixels)
+    except (ImageLoadError, ValueError) as error:
+        raise refuse(str(error), error) from error
+
+
+@contextmanager
+def _without_stub_files():
+    """Gradio writes a .pyi stub beside every module that defines a component class; these two need none."""
+    original = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        component_meta.create_or_modify_pyi = original
+
+
+with _without_stub_files():
+
+    class CheckedImage(gr.Image):
+        """gr.Image whose uploads are refused from their header (pixels, aspect) before the framework decodes them.
+
+        Use with type="filepath" and image_mode=None: the handler then gets the file and decodes it itself.
+        """
+
+        is_template = True  # drawn by the frontend's Image
+
+        def preprocess(self, payload):
+            if payload is not None:
+                check_encoded(payload, MAX_PIXELS)
+            return super().preprocess(payload)
+
+    class CheckedImageEditor(gr.ImageEditor):
+        """gr.ImageEditor that refuses more than MAX_LAYERS layers, or an image over LAYER_PIXELS, from the headers,
+        before the framework decodes any of them; pending uploads of layers are bounded too."""
+
+        is_template = True  # drawn by the frontend's ImageEditor
+        MAX_PENDING = 64  # editors whose layers are uploaded but not yet applied
+
+        def preprocess(self, payload):
+            if payload is not None:
+                parts = self.blob_storage.get(payload.id) if payload.id is not None else payload
+                if parts is not None:
+                    if len(parts.layers) > MAX_LAYERS:
+                        raise gr.Error(f"At most {MAX_LAYERS} paint layers; merge or delete some.")
+                    for item in (parts.background, parts.composite, *parts.layers):
+                        if item is not None:
+                            check_encoded(item, LAYER_PIXELS)
+            return super().preprocess(payload)
+
+        @server
+        def accept_blobs(self, data):
+            index = data.data.get("index")
+            if data.data.get("type") == "layer" and index not in (None, "null") and not 0 <= int(index) < MAX_LAYERS:
+                raise gr.Error(f"At most {MAX_LAYERS} paint layers; merge or delete some.")
+            check_encoded(data.files[0][1], LAYER_PIXELS)
+            while len(self.blob_storage) >= self.MAX_PENDING and data.data.get("id") not in self.blob_storage:
+                self.blob_storage.pop(next(iter(self.blob_storage)))  # the oldest pending editor
+            return super().accept_blobs(data)
+
+
+# ----- handlers ---------------------------------------------------------------------------------------------
+def load_model(checkpoint: str, request: gr.Request | None = None):
+    key = checkpoint_for(checkpoint, request)
+    try:
+        explorer = explorer_for(key)
+        card = model_card(key)
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
+        raise refuse(f"Could not load {display(key)}: {error}. The previous model stays active.", error) from error
     choices = query_choices(explorer)
-    return checkpoint, card, gr.update(choices=choices, value=choices[0][1])
+    return key, card, gr.update(choices=choices, value=choices[0][1])
 
 
-def upload_checkpoint(files, name: str):
-    """Save uploaded checkpoint files as a new folder under the checkpoint dir, only if they load as a model."""
-    paths = [f if isinstance(f, (str, Path)) else f.name for f in (files or [])]
+@lru_cache(maxsize=256)
+def _weights_hash(path: str, size: int, mtime_ns: int) -> str:
+    return weights_hash(path)
+
+
+def listed_weights() -> dict[str, str]:
+    """weights hash -> listed checkpoint folder (hashes are computed once per file version)."""
+    found = {}
+    for folder in checkpoint_choices()[:-1]:
+        weights = Path(folder) / "model.safetensors"
+        try:
+            stat = weights.stat()
+            found[_weights_hash(folder, stat.st_size, stat.st_mtime_ns)] = folder
+        except OSError:
+            continue
+    return found
+
+
+def upload_checkpoint(files, name: str, request: gr.Request | None = None):
+    """Save uploaded checkpoint files as a new folder under the checkpoint dir, only if they load as a model, fit the
+    quota and are not weights already listed."""
+    require_manager(request, "upload checkpoints")
+    paths = [Path(f if isinstance(f, (str, Path)) else f.name) for f in (files or [])]
+    name = safe_name(clip(name, 64), "uploaded")
+    if (Path(SETTINGS["checkpoint_dir"]) / name).exists():
+        raise gr.Error(f"{name} already exists; choose another name. Nothing was saved.")
+    try:
+        check_checkpoint_quota(sum(p.stat().st_size for p in paths))
+        weights = next((p for p in paths if p.name == "model.safetensors"), None)
+        named_right = {p.name for p in paths} <= set(CHECKPOINT_FILES)  # else install_checkpoint says what is wrong
+        twin = listed_weights().get(weights_hash(weights.parent)) if weights and named_right else None
+    except OSError as error:
+        raise refuse("The uploaded files could not be read. Nothing was saved.", error) from error
+    if twin is not None:
+        raise gr.Error(f"These weights are already listed as {display(twin)}. Nothing was saved.")
     try:
         target = install_checkpoint(paths, SETTINGS["checkpoint_dir"], name)
     except CheckpointError as error:
-        raise gr.Error(f"Not a usable checkpoint: {error}. Nothing was saved.") from error
-    return gr.update(choices=checkpoint_choices(), value=str(target)), f"Saved {target}; press Load to use it."
+        raise refuse(f"Not a usable checkpoint: {error}. Nothing was saved.", error) from error
+    return gr.update(choices=checkpoint_choices(), value=str(target)), f"Saved {display(target)}; press Load to use it."
 
 
 def select_query(checkpoint: str, query_index: int):
-    if query_index is None:
-        raise gr.Error("Pick a query first.")
     explorer = explorer_for(checkpoint)
+    if query_index is None or not 0 <= int(query_index) < len(explorer.split.query):
+        raise gr.Error("Pick a query first.")
     image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
     view = new_view(explorer, int(query_index), image)
     return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
 
 
 def upload_query(checkpoint: str, image):
+    """An uploaded crop becomes the session's query: refused from its header when too large or elongated, else
+    decoded and scaled down to fit UPLOAD_SIDE before the session keeps it."""
     if image is None:
         raise gr.Error("Upload an image first.")
     try:
-        array = np.asarray(load_image(image))
+        array = np.asarray(load_image(image, max_side=UPLOAD_SIDE))
     except ImageLoadError as error:
-        raise gr.Error(str(error)) from error
+        raise refuse(str(error), error) from error
     view = new_view(explorer_for(checkpoint), None, array)
     return view, enlarge(array), None, "Uploaded image: identity unknown, so borders are grey and AP is not defined."
 
@@ -243,6 +496,8 @@ def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
         raise gr.Error("Patch transfer needs a DPM++ checkpoint with a saliency head; load one in the Model tab.")
     clean = _image(view, "clean")
     partners = transfer_partners()
+    if partner not in (None, "", "auto") and str(ASSETS.parent / str(partner)) not in partners:
+        raise gr.Error(f"Unknown partner {clip(partner)!r}; choose one from the list, or auto.")
     index = None if partner in (None, "", "auto") else partners.index(str(ASSETS.parent / partner))
     result = explorer.pipeline.transfer(
         clean,
@@ -283,9 +538,12 @@ def occlude_paste(view: dict, occluder: str, x: float, y: float, scale: float):
     clean = _image(view, "clean")
     bank = occluder_bank()
     if occluder not in bank:
-        raise gr.Error(f"Unknown occluder {occluder!r}; choose one of {sorted(bank)}.")
+        raise gr.Error(f"Unknown occluder {clip(occluder)!r}; choose one of {sorted(bank)}.")
     params = PasteParams(occluder, float(x), float(y), float(scale))
-    result = paste(clean, bank[occluder].path, params)
+    try:
+        result = paste(clean, bank[occluder].path, params)
+    except ValueError as error:
+        raise refuse(str(error), error) from error
     view = {**view, "occluded": np.asarray(result.image), "occlusion": {"method": "paste", **params.to_dict()}}
     return view, enlarge(result.image), f"{occluder} pasted: {result.occluded_fraction:.0%} of the crop covered."
 
@@ -295,10 +553,14 @@ def occlude_paint(view: dict, editor: dict | None, fill: str):
     layers = (editor or {}).get("layers") or []
     if not layers:
         raise gr.Error("Paint over the part of the person to hide, then press Apply.")
+    if len(layers) > MAX_LAYERS:
+        raise gr.Error(f"At most {MAX_LAYERS} paint layers; merge or delete some.")
+    if fill not in FILLS:
+        raise gr.Error(f"Unknown fill {clip(fill)!r}; choose one of {list(FILLS)}.")
     alpha = np.zeros(clean.shape[:2], bool)
     for layer in layers:
-        layer_image = load_image_rgba(layer)
-        alpha |= np.asarray(layer_image.resize((clean.shape[1], clean.shape[0]), Image.NEAREST))[..., 3] > 0
+        layer_alpha = load_layer_alpha(layer)
+        alpha |= np.asarray(layer_alpha.resize((clean.shape[1], clean.shape[0]), Image.NEAREST)) > 0
     result = paint(clean, alpha, fill)
     view = {
         **view,
@@ -308,12 +570,18 @@ def occlude_paint(view: dict, editor: dict | None, fill: str):
     return view, enlarge(result.image), f"Painted {result.occluded_fraction:.0%} of the crop ({fill})."
 
 
-def load_image_rgba(layer) -> Image.Image:
-    if isinstance(layer, Image.Image):
-        return layer.convert("RGBA")
+def load_layer_alpha(layer) -> Image.Image:
+    """The painted (alpha) channel of a layer; a file is refused from its header above LAYER_PIXELS."""
     if isinstance(layer, np.ndarray):
-        return Image.fromarray(layer).convert("RGBA")
-    return Image.open(layer).convert("RGBA")
+        layer = Image.fromarray(layer)
+    if not isinstance(layer, Image.Image):
+        check_encoded(layer, LAYER_PIXELS)
+        layer = Image.open(layer)
+    try:
+        check_size(layer.width, layer.height, max_pixels=LAYER_PIXELS)
+    except ImageLoadError as error:
+        raise refuse(f"paint layer: {error}", error) from error
+    return layer.convert("RGBA").getchannel("A")
 
 
 def editor_background(view: dict):
@@ -376,7 +644,8 @@ def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
     clean = _image(view, "clean")
     images = [clean] + ([view["occluded"]] if view.get("occluded") is not None else [])
     scores = explorer.scores(explorer.embed(images), use_mask)
-    results = [explorer.rank(row, view.get("pid"), view.get("camid"), int(top_k)) for row in scores]
+    top_k = min(max(int(top_k or 10), 1), 20)  # the slider's range, also for API calls
+    results = [explorer.rank(row, view.get("pid"), view.get("camid"), top_k) for row in scores]
     strips, lines = [], []
     before = {i.gallery_index for i in results[0].items}
     for label, image, result in zip(("as given", "with synthetic occlusion"), images, results):
@@ -423,8 +692,11 @@ def umap_select(checkpoint: str, value: dict | None):
         path = points.paths[row]
         return (path, label) if path else None
 
+    count = len(points.paths)
     if event.get("type") == "click":
-        row = int(event["point"])
+        row = int(event.get("point", -1))
+        if not 0 <= row < count:
+            raise gr.Error("Click a point of the map.")
         found = [item(i, f" · cos {score:.2f}") for i, score in points.neighbours(row)]
         items = [x for x in [item(row, " · clicked")] + found if x is not None]
         return (
@@ -433,7 +705,7 @@ def umap_select(checkpoint: str, value: dict | None):
             "by cosine in the prototype space.",
         )
     if event.get("type") == "select":
-        rows = [int(r) for r in event.get("points", [])]
+        rows = list(dict.fromkeys(int(r) for r in (event.get("points") or []) if 0 <= int(r) < count))
         persons = np.unique(points.pid[rows], return_counts=True) if rows else ([], [])
         counts = ", ".join(f"person {p}: {c}" for p, c in zip(*persons))
         items = [x for x in (item(r) for r in rows[:60]) if x is not None]
@@ -463,12 +735,31 @@ def open_failure(checkpoint: str, table, event: gr.SelectData):
     return (gr.update(value=query_index), *select_query(checkpoint, query_index))
 
 
+EXPORTS = {"folder": None, "age_s": 600.0}  # one folder of case files per server; a file lives 10 minutes
+
+
+def export_folder() -> Path:
+    """This server's folder of exported case files, removed when the server exits; entries older than
+    EXPORTS["age_s"] are deleted at each export (the browser's download is served from Gradio's own copy)."""
+    if EXPORTS["folder"] is None or not Path(EXPORTS["folder"]).is_dir():
+        EXPORTS["folder"] = tempfile.mkdtemp(prefix="dpmpp_cases_")
+        atexit.register(shutil.rmtree, EXPORTS["folder"], True)
+    folder = Path(EXPORTS["folder"])
+    cutoff = time.time() - EXPORTS["age_s"]
+    for entry in folder.iterdir():
+        if entry.stat().st_mtime <= cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+    return folder
+
+
 def export_case(checkpoint: str, view: dict, top_k: float, use_mask: bool):
     checkpoint_hash = "" if checkpoint == HSV else weights_hash(checkpoint)
     image = _image(view, "occluded")
-    case = build_case(explorer_for(checkpoint), view, image, checkpoint, checkpoint_hash, int(top_k), use_mask)
-    path = Path(tempfile.mkdtemp(prefix="dpmpp_case_")) / f"case_{view['file'].rsplit('.', 1)[0]}.json"
-    path.write_text(case.to_json())
+    top_k = min(max(int(top_k or 10), 1), 20)
+    case = build_case(explorer_for(checkpoint), view, image, checkpoint, checkpoint_hash, top_k, use_mask)
+    path = export_folder() / uuid.uuid4().hex / f"case_{safe_name(view['file'].rsplit('.', 1)[0], 'query')}.json"
+    path.parent.mkdir()
+    write_text(path, case.to_json())
     return str(path)
 
 
@@ -500,12 +791,23 @@ def import_case(checkpoint: str, file):
     return gr.update(value=case.query_index), view, shown, case.top_k, case.use_mask, " ".join(notes)
 
 
-def start_training(dataset: str, root: str, preset: str, epochs: float, name: str, switches: list[str]):
+def start_training(
+    dataset: str,
+    root: str,
+    preset: str,
+    epochs: float,
+    name: str,
+    switches: list[str],
+    request: gr.Request | None = None,
+):
+    require_manager(request, "start trainings")
+    check_checkpoint_quota(TRAINING_RESERVE_MB << 20)
     try:
-        config = training_config(dataset, root, preset, int(epochs), switches, SETTINGS["data_root"])
-        status = JOBS.start(config, Path(SETTINGS["checkpoint_dir"]) / safe_name(name, "app_run"))
+        config = training_config(dataset, str(root or ""), preset, epochs, switches or [], SETTINGS["data_root"])
+        out_dir = Path(SETTINGS["checkpoint_dir"]) / safe_name(clip(name, 64), "app_run")
+        status = JOBS.start(config, out_dir, owner=session_of(request))
     except (ValueError, RuntimeError) as error:
-        raise gr.Error(str(error)) from error
+        raise refuse(str(error), error) from error
     return status_text(status)
 
 
@@ -514,27 +816,124 @@ def status_text(status) -> str:
         return "No training job has run in this server yet."
     eta = f", ETA {status.eta_s / 60:.1f} min" if status.state == "running" else ""
     speed = f", {status.images_per_s:.0f} images/s" if status.images_per_s else ""
-    return f"**{status.state}** ({status.out_dir}): {status.message}{speed}{eta}"
+    return public(f"**{status.state}** ({display(status.out_dir)}): {status.message}{speed}{eta}")
+
+
+@lru_cache(maxsize=2)
+def _status_view(jobs: int, version: int):
+    """Text and loss figure of one version of the job's status, drawn once however many sessions poll it."""
+    status = JOBS.status()
+    return status_text(status), loss_figure(status.history[-2000:])
 
 
 def training_status():
-    status = JOBS.status()
-    return status_text(status), loss_figure(status.history[-2000:]), gr.update(choices=checkpoint_choices())
+    text, figure = _status_view(id(JOBS), JOBS.status().version)
+    return text, figure, gr.update(choices=checkpoint_choices())
 
 
-def stop_training():
-    return status_text(JOBS.stop())
+def stop_training(request: gr.Request | None = None):
+    try:
+        return status_text(JOBS.stop(requester=session_of(request), override=is_teacher(request)))
+    except StopRefused as error:
+        raise gr.Error(f"Not stopped: {error}.") from error
+
+
+def teacher_login(token: str, request: gr.Request | None = None):
+    """The teacher's token unlocks training, uploads, other folders and stopping any training for this session."""
+    given = str(token or "").strip()
+    if not given or not secrets.compare_digest(given.encode(), SETTINGS["teacher_token"].encode()):
+        raise gr.Error("That is not the teacher token printed when the server started.")
+    if session_of(request) is not None:
+        TEACHER_SESSIONS.add(session_of(request))
+    return role_note(request), ""
+
+
+def role_note(request: gr.Request | None = None) -> str:
+    if not SETTINGS["classroom"]:
+        return ""
+    if is_teacher(request):
+        return "**Classroom mode, teacher**: training, uploads and every folder are open to this session."
+    return (
+        "**Classroom mode**: query, occlude, inspect, compare and export freely. Training, uploading checkpoints and "
+        "loading unlisted folders are for the teacher."
+    )
+
+
+def expire_idle_sessions(state_holder, idle_s: float, now: datetime.datetime | None = None) -> list[str]:
+    """Drop every session unused for `idle_s` seconds, with everything it held (its view, images, chosen model);
+    returns their ids. A visitor who comes back starts from the default view."""
+    now = now or datetime.datetime.now()
+    with state_holder.lock:
+        idle = [s for s, used in list(state_holder.time_last_used.items()) if (now - used).total_seconds() > idle_s]
+        for session in idle:
+            state_holder.session_data.pop(session, None)
+            state_holder.time_last_used.pop(session, None)
+    TEACHER_SESSIONS.difference_update(idle)
+    if idle:
+        logger.info("dropped %d idle sessions", len(idle))
+    return idle
+
+
+def expire_sessions_forever(demo: gr.Blocks) -> None:
+    idle_s = float(SETTINGS["idle_minutes"]) * 60
+    while True:
+        time.sleep(max(5.0, min(60.0, idle_s / 4)))
+        if getattr(demo, "state_holder", None) is not None:
+            expire_idle_sessions(demo.state_holder, idle_s)
+
+
+class UploadQuota:
+    """ASGI middleware: refuses uploads (HTTP 507) while the files visitors have uploaded, and that the cache has not
+    yet deleted, fill `quota_bytes`; the total is recounted at most every few seconds."""
+
+    def __init__(self, app, demo: gr.Blocks, quota_bytes: int) -> None:
+        self.app, self.demo, self.quota = app, demo, quota_bytes
+        self._used, self._counted = 0, 0.0
+
+    def used(self) -> int:
+        if time.monotonic() - self._counted > 2.0:
+            total = 0
+            for name in list(getattr(self.demo, "upload_file_set", ())):
+                try:
+                    total += os.stat(name).st_size
+                except OSError:
+                    continue
+            self._used, self._counted = total, time.monotonic()
+        return self._used
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload"):
+            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+            incoming = int(length) if length.isdigit() else 0
+            if self.used() + incoming > self.quota:
+                response = PlainTextResponse("The server's upload space is full; try again later.", status_code=507)
+                await response(scope, receive, send)
+                return
+            self._used += incoming  # counted until the next recount finds the file itself
+        await self.app(scope, receive, send)
 
 
 # ----- layout -----------------------------------------------------------------------------------------------
+def start_checkpoint(checkpoint: str | None = None) -> str:
+    """The checkpoint loaded first, resolved: `checkpoint`, else the bundled model, else the HSV floor."""
+    if checkpoint is None:
+        checkpoint = str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV
+    return canonical(checkpoint)[0]
+
+
 def build_demo(checkpoint: str | None = None) -> gr.Blocks:
-    start = checkpoint or (str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV)
+    start = start_checkpoint(checkpoint)
     choices = query_choices(explorer_for(start))
-    with gr.Blocks(title="dpmpp — occluded re-ID explorer") as demo:
+    with gr.Blocks(
+        title="dpmpp — occluded re-ID explorer",
+        analytics_enabled=False,
+        delete_cache=(600, 3600),  # uploads and produced files are deleted an hour after they were written
+    ) as demo:
         model = gr.State(start)
         view = gr.State(None)
         gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
         gr.Markdown(ABOUT)
+        role = gr.Markdown(role_note(), elem_id="role_note")
         with gr.Tab("Model"):
             with gr.Row():
                 checkpoint_box = gr.Dropdown(
@@ -557,6 +956,10 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                 upload_button = gr.Button("Save checkpoint", elem_id="upload_checkpoint")
                 upload_note = gr.Markdown(elem_id="upload_note")
             card = gr.Markdown(model_card(start), elem_id="model_card")
+            with gr.Accordion("Teacher", open=False, visible=bool(SETTINGS["classroom"])):
+                with gr.Row():
+                    token = gr.Textbox(label="teacher token (printed when the server started)", type="password")
+                    token_button = gr.Button("Unlock", elem_id="teacher_login")
             with gr.Accordion("Train a model", open=False):
                 with gr.Row():
                     dataset = gr.Dropdown(
@@ -566,7 +969,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     )
                     root = gr.Textbox(label="folder under --data-root (own datasets)", value="")
                     preset = gr.Dropdown(preset_names(), value="tiny", label="preset")
-                    epochs = gr.Number(value=30, precision=0, label="epochs (stage 2)")
+                    epochs = gr.Number(value=30, precision=0, minimum=1, maximum=MAX_EPOCHS, label="epochs (stage 2)")
                     name = gr.Textbox(value="my_run", label="checkpoint name")
                 switches = gr.CheckboxGroup(
                     COMPONENTS,
@@ -586,7 +989,9 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                 query = gr.Dropdown(
                     choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
                 )
-                upload = gr.Image(type="pil", label="or upload a person crop", height=160, scale=1)
+                upload = CheckedImage(
+                    type="filepath", image_mode=None, label="or upload a person crop", height=160, scale=1
+                )
             with gr.Row():
                 clean_image = gr.Image(label="query", height=280, interactive=False, elem_id="clean_image")
                 occluded_image = gr.Image(
@@ -613,7 +1018,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
                     scale = gr.Slider(0.05, 1.5, value=0.3, step=0.01, label="scale (height / crop height)")
                 paste_button = gr.Button("Paste", elem_id="occlude_paste")
             with gr.Tab("Paint"):
-                editor = gr.ImageEditor(type="pil", label="paint the region to hide", height=300)
+                editor = CheckedImageEditor(type="pil", label="paint the region to hide", height=300)
                 with gr.Row():
                     fill = gr.Radio(["grey", "black", "blur", "noise"], value="grey", label="fill")
                     paint_button = gr.Button("Apply", elem_id="occlude_paint")
@@ -675,6 +1080,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         refresh_views = {**retrieval, **hidden}
         retrieve_button.click(api_name="retrieve", **retrieval)  # first, so that it owns the name /retrieve
         load_button.click(load_model, checkpoint_box, [model, card, query], api_name="load_model")
+        token_button.click(teacher_login, token, [role, token], api_name="teacher_login")
         upload_button.click(
             upload_checkpoint, [upload_files, upload_name], [checkpoint_box, upload_note], api_name="upload_checkpoint"
         )
@@ -726,12 +1132,24 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         demo.load(select_query, [model, query], [view, clean_image, occluded_image, info], **hidden).then(
             **refresh_views
         )
+        demo.load(role_note, None, role, **hidden)
     return demo
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument(
+        "--classroom",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="students may not train, upload checkpoints or load unlisted folders (default: on for any --host "
+        "other than loopback)",
+    )
+    parser.add_argument("--idle-minutes", type=float, default=30.0, help="drop a session unused this long")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most; more are refused")
+    parser.add_argument("--checkpoint-quota-mb", type=int, default=2048, help="size limit of --checkpoint-dir")
+    parser.add_argument("--upload-quota-mb", type=int, default=1024, help="visitors' uploads kept at one time")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder to load first (default: bundled)")
     parser.add_argument("--checkpoint-dir", default=str(CHECKPOINTS), help="folder of checkpoints to offer")
@@ -743,21 +1161,30 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    SETTINGS["checkpoint_dir"] = Path(args.checkpoint_dir)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    SETTINGS["checkpoint_dir"] = Path(args.checkpoint_dir).resolve()
     SETTINGS["data_root"] = args.data_root
-    demo = build_demo(args.checkpoint)
-    start = args.checkpoint or (
-        str(DEFAULT_CHECKPOINT) if (DEFAULT_CHECKPOINT / "model.safetensors").is_file() else HSV
-    )
+    SETTINGS["classroom"] = args.classroom if args.classroom is not None else not is_loopback(args.host)
+    SETTINGS["idle_minutes"] = args.idle_minutes
+    SETTINGS["checkpoint_quota_mb"], SETTINGS["upload_quota_mb"] = args.checkpoint_quota_mb, args.upload_quota_mb
+    SETTINGS["start"] = start = start_checkpoint(args.checkpoint)
+    demo = build_demo(start)
     threading.Thread(target=warm_up, args=(start,), daemon=True).start()
-    demo.queue(default_concurrency_limit=4).launch(
+    threading.Thread(target=expire_sessions_forever, args=(demo,), daemon=True).start()
+    mode = "classroom mode" if SETTINGS["classroom"] else "open mode (every visitor may train and upload)"
+    print(  # the console is the teacher's: the token is shown nowhere else
+        f"dpmpp app, {mode}. Teacher: http://{args.host}:{args.port}/?teacher={SETTINGS['teacher_token']}",
+        flush=True,
+    )
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         allowed_paths=[str(ASSETS), str(PLOTLY_JS)],
         head=f'<script src="/gradio_api/file={PLOTLY_JS}"></script>',
         max_file_size="20mb",
-        show_error=True,
+        show_error=False,  # unexpected errors are logged here; visitors see a plain "Error"
+        app_kwargs={"middleware": [Middleware(UploadQuota, demo=demo, quota_bytes=args.upload_quota_mb << 20)]},
     )
 
 

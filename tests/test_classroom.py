@@ -1,0 +1,423 @@
+"""The app shared by a class: uploads checked before decoding, bounded state, disk and training, teacher-only powers,
+and messages without server paths. Handlers are called directly; one launched server checks the wiring."""
+
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+import app
+from dpmpp.api import CHECKPOINT_FILES
+from dpmpp.jobs import TrainingJobs
+from dpmpp.paths import DEFAULT_CHECKPOINT
+from tests.test_app import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = str(DEFAULT_CHECKPOINT)
+TOKEN = "teacher-token-for-tests"
+
+
+def request(session: str, teacher_token: str | None = None):
+    return app.gr.Request(session_hash=session, query_params={"teacher": teacher_token} if teacher_token else {})
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Any pixel decoding fails the test: what is refused must be refused from the header."""
+
+    def decode(self, *args, **kwargs):
+        raise AssertionError(f"decoded a {self.size} image that should have been refused from its header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+
+
+@pytest.fixture
+def classroom(monkeypatch, tmp_path):
+    """Classroom mode over a checkpoint folder holding a copy of the bundled model."""
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(DEFAULT_CHECKPOINT, folder / DEFAULT_CHECKPOINT.name)
+    monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", folder)
+    monkeypatch.setitem(app.SETTINGS, "classroom", True)
+    monkeypatch.setitem(app.SETTINGS, "teacher_token", TOKEN)
+    monkeypatch.setattr(app, "TEACHER_SESSIONS", set())
+    return folder
+
+
+def png(path: Path, size: tuple[int, int], mode: str = "RGB") -> Path:
+    Image.new(mode, size).save(path, optimize=True)
+    return path
+
+
+# ----- images -----------------------------------------------------------------------------------------------------
+def test_an_elongated_upload_is_refused_before_decoding(tmp_path, no_decoding):
+    strip = png(tmp_path / "strip.png", (40000, 8))  # 1 kB; enlarged to 256 rows it was a 1,280,000x256 image
+    assert strip.stat().st_size < 2000
+    with pytest.raises(app.gr.Error, match="longer side is at most 8 times") as caught:
+        app.upload_query(CHECKPOINT, str(strip))
+    assert str(tmp_path) not in str(caught.value)
+    with pytest.raises(app.gr.Error, match="larger than the limit"):
+        app.upload_query(CHECKPOINT, str(png(tmp_path / "huge.png", (5000, 5000), "L")))
+
+
+def test_an_upload_is_kept_scaled_down(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (1500, 3000), (90, 40, 40)).save(photo, quality=90)
+    view, shown, _, _ = app.upload_query(CHECKPOINT, str(photo))
+    assert max(view["clean"].shape[:2]) <= app.UPLOAD_SIDE and view["clean"].shape[:2] == (512, 256)
+    assert shown.size == (128, 256)
+
+
+def test_the_upload_widgets_check_headers_before_the_framework_decodes(tmp_path, no_decoding):
+    from gradio.data_classes import FileData
+
+    image = app.CheckedImage(type="filepath", image_mode=None)
+    with pytest.raises(app.gr.Error, match="longer side"):
+        image.preprocess(FileData(path=str(png(tmp_path / "strip.png", (40000, 8)))))
+    crop = png(tmp_path / "crop.png", (64, 128))
+    assert image.preprocess(FileData(path=str(crop), orig_name="crop.png")) == str(crop)  # the handler decodes
+    editor = app.CheckedImageEditor(type="pil")
+    layer = FileData(path=str(crop))
+    with pytest.raises(app.gr.Error, match="At most 8 paint layers"):
+        editor.preprocess(app.gr.components.image_editor.EditorData(layers=[layer] * 9))
+    big = FileData(path=str(png(tmp_path / "big.png", (1100, 1100), "RGBA")))
+    with pytest.raises(app.gr.Error, match="larger than the limit of 1048576"):
+        editor.preprocess(app.gr.components.image_editor.EditorData(layers=[layer, big]))
+
+
+def test_layer_uploads_for_the_editor_are_bounded(tmp_path):
+    from gradio.components.image_editor import AcceptBlobs
+
+    editor = app.CheckedImageEditor(type="pil")
+    small = png(tmp_path / "s.png", (64, 128), "RGBA").read_bytes()
+
+    def blob(editor_id, index, data=small):
+        fields = {"type": "layer", "index": index, "id": editor_id, "file": b""}
+        return AcceptBlobs(data=fields, files=[("blob", data)])
+
+    with pytest.raises(app.gr.Error, match="At most 8 paint layers"):
+        editor.accept_blobs(blob("a", 10**9))  # the framework alone extended a list to 10**9 entries
+    with pytest.raises(app.gr.Error, match="larger than the limit"):
+        editor.accept_blobs(blob("a", 0, png(tmp_path / "big.png", (1100, 1100), "RGBA").read_bytes()))
+    for i in range(200):
+        editor.accept_blobs(blob(f"editor{i}", 0))
+    assert len(editor.blob_storage) == editor.MAX_PENDING
+
+
+def test_paint_layers_are_counted_and_sized(tmp_path):
+    view = app.select_query(CHECKPOINT, 0)[0]
+    layer = np.zeros((256, 128, 4), np.uint8)
+    layer[:128, :, 3] = 255
+    with pytest.raises(app.gr.Error, match="At most 8 paint layers"):
+        app.occlude_paint(view, {"layers": [layer] * 9}, "grey")
+    with pytest.raises(app.gr.Error, match="larger than the limit"):
+        app.occlude_paint(view, {"layers": [str(png(tmp_path / "big.png", (1100, 1100), "RGBA"))]}, "grey")
+    with pytest.raises(app.gr.Error, match="Unknown fill"):
+        app.occlude_paint(view, {"layers": [layer]}, "x" * 10_000)
+    _, _, info = app.occlude_paint(view, {"layers": [layer]}, "grey")
+    assert "Painted 50%" in info
+
+
+# ----- checkpoints: one cache entry per folder, one answer for unknown and forbidden ones -----------------------------
+def test_spellings_of_one_folder_share_one_cache_entry():
+    key, _, _ = app.load_model(CHECKPOINT)
+    before = app.explorer_for.cache_info()
+    for spelling in (
+        CHECKPOINT + "/",
+        "/" + CHECKPOINT,
+        CHECKPOINT + "/.",
+        CHECKPOINT + "/../" + Path(CHECKPOINT).name,
+    ):
+        assert app.load_model(spelling)[0] == key
+    after = app.explorer_for.cache_info()
+    assert after.misses == before.misses and after.currsize == before.currsize
+
+
+def test_unknown_and_unreadable_folders_get_one_answer_without_server_paths(tmp_path):
+    (tmp_path / "a" / ".ssh").mkdir(parents=True)
+    (tmp_path / "a" / ".ssh" / "id_rsa").write_text("secret")
+    messages = []
+    for folder in (tmp_path / "a" / ".ssh", tmp_path / "b" / ".ssh"):
+        with pytest.raises(app.gr.Error) as caught:
+            app.load_model(str(folder))
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and str(tmp_path) not in messages[0]
+    with pytest.raises(app.gr.Error) as caught:
+        app.load_model("/" + "x" * 10_000_000)
+    assert len(str(caught.value)) <= app.MESSAGE_CHARS + 1
+
+
+def test_public_messages_keep_file_names_only():
+    text = "Could not load /srv/class/ckpt/run: /tmp/gradio/ab12/config.json: not a dpmpp config (ratio 1/2)"
+    assert app.public(text) == "Could not load run: config.json: not a dpmpp config (ratio 1/2)"
+    assert len(app.public("y" * 100_000)) == app.MESSAGE_CHARS + 1
+
+
+def test_students_load_only_listed_checkpoints(classroom, tmp_path):
+    outside = tmp_path / "outside"
+    shutil.copytree(DEFAULT_CHECKPOINT, outside)
+    student = request("student")
+    listed = str(classroom / DEFAULT_CHECKPOINT.name)
+    assert app.load_model(listed, student)[0] == listed
+    answers = []
+    for folder in (outside, tmp_path / "absent", Path("/etc")):
+        with pytest.raises(app.gr.Error, match="not one of the listed checkpoints") as caught:
+            app.load_model(str(folder), student)
+        answers.append(str(caught.value).replace(folder.name, "NAME"))
+    assert len(set(answers)) == 1 and str(tmp_path) not in answers[0]
+    assert app.load_model(str(outside), request("teacher", TOKEN))[0] == str(outside)
+
+
+def test_only_the_teacher_uploads_checkpoints_or_trains_in_classroom_mode(classroom):
+    files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
+    student = request("student")
+    with pytest.raises(app.gr.Error, match="only the teacher can upload checkpoints"):
+        app.upload_checkpoint(files, "mine", student)
+    with pytest.raises(app.gr.Error, match="only the teacher can start trainings"):
+        app.start_training("pets09_occ", "", "tiny", 1, "mine", [], student)
+    with pytest.raises(app.gr.Error, match="not the teacher token"):
+        app.teacher_login("guess", student)
+    note, _ = app.teacher_login(TOKEN, student)
+    assert "teacher" in note
+    with pytest.raises(app.gr.Error, match="already listed as dpmpp_tiny_pets09"):
+        app.upload_checkpoint(files, "mine", student)  # the same weights under a new name
+    assert not (classroom / "mine").exists()
+
+
+def test_checkpoint_folder_quota_stops_uploads_and_trainings(classroom, monkeypatch):
+    monkeypatch.setitem(app.SETTINGS, "checkpoint_quota_mb", 20)  # the bundled copy alone takes 14 MB
+    with pytest.raises(app.gr.Error, match="quota"):
+        app.start_training("pets09_occ", "", "tiny", 1, "run", [])
+    shutil.rmtree(classroom / DEFAULT_CHECKPOINT.name)
+    files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
+    app.upload_checkpoint(files, "first")
+    with pytest.raises(app.gr.Error, match="quota"):
+        app.upload_checkpoint(files, "second")
+    assert not (classroom / "second").exists()
+
+
+# ----- training control -------------------------------------------------------------------------------------------
+@pytest.fixture
+def endless_training(monkeypatch, tmp_path):
+    """A training that runs until it is told to stop."""
+    import dpmpp.engine.train
+    from dpmpp.engine.loop import TrainingStopped
+
+    def train(config, out_dir, callback=None, should_stop=None):
+        while not should_stop():
+            time.sleep(0.01)
+        raise TrainingStopped()
+
+    monkeypatch.setattr(dpmpp.engine.train, "train", train)
+    monkeypatch.setattr(app, "JOBS", TrainingJobs())
+    monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", tmp_path)
+    monkeypatch.setitem(app.SETTINGS, "teacher_token", TOKEN)
+    yield app.JOBS
+    app.JOBS.stop()
+    app.JOBS.wait()
+
+
+def test_only_the_owner_or_the_teacher_stops_a_training(endless_training):
+    owner, other = request("owner"), request("other")
+    assert "running" in app.start_training("pets09_occ", "", "tiny", 1, "run", [], owner)
+    with pytest.raises(app.gr.Error, match="started in another session"):
+        app.stop_training(other)
+    assert endless_training.status().state == "running"
+    assert "stopping" in app.stop_training(request("teacher", TOKEN))
+    assert endless_training.wait().state == "stopped"
+    assert "running" in app.start_training("pets09_occ", "", "tiny", 1, "run2", [], owner)
+    assert "stopping" in app.stop_training(owner)
+
+
+@pytest.mark.parametrize("epochs", [-5, 0, 10**9, 2.5, None, float("nan")])
+def test_training_epochs_are_bounded(endless_training, epochs):
+    with pytest.raises(app.gr.Error, match="epochs must be a whole number from 1 to 200"):
+        app.start_training("pets09_occ", "", "tiny", epochs, "run", [])
+    assert endless_training.status().state == "idle"
+
+
+def test_presets_are_named_not_paths(endless_training, tmp_path):
+    (tmp_path / "p.json").write_text("{}")
+    with pytest.raises(app.gr.Error, match="unknown preset"):
+        app.start_training("pets09_occ", "", str(tmp_path / "p.json"), 1, "run", [])
+
+
+# ----- sessions and temporary files -------------------------------------------------------------------------------
+def test_idle_sessions_are_dropped_with_their_images(monkeypatch):
+    from gradio.state_holder import StateHolder
+
+    demo = app.build_demo(CHECKPOINT)
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    view = next(block for block in demo.blocks.values() if isinstance(block, app.gr.State) and block.value is None)
+    for session in ("idle", "active"):
+        holder[session][view._id] = {"clean": np.zeros((512, 256, 3), np.uint8)}
+    holder.time_last_used["idle"] -= datetime.timedelta(minutes=31)
+    monkeypatch.setattr(app, "TEACHER_SESSIONS", {"idle", "active"})
+    assert app.expire_idle_sessions(holder, 30 * 60) == ["idle"]
+    assert "idle" not in holder and "active" in holder and app.TEACHER_SESSIONS == {"active"}
+    assert holder["idle"].get(view._id) is None  # a returning visitor starts again from the default view
+
+
+def test_case_exports_leave_no_folders_behind(monkeypatch):
+    monkeypatch.setitem(app.EXPORTS, "folder", None)
+    monkeypatch.setitem(app.EXPORTS, "age_s", 0.0)  # every earlier export is old enough to go
+    before = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("dpmpp_case")}
+    view = app.select_query(CHECKPOINT, 0)[0]
+    paths = [Path(app.export_case(CHECKPOINT, view, 10, True)) for _ in range(3)]
+    assert json.loads(paths[-1].read_text())["query_index"] == 0
+    assert not paths[0].exists() and list(Path(app.EXPORTS["folder"]).iterdir()) == [paths[-1].parent]
+    after = {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("dpmpp_case")}
+    assert after - before == {Path(app.EXPORTS["folder"]).name}  # one folder for all exports
+    shutil.rmtree(app.EXPORTS["folder"])
+
+
+def test_umap_selection_of_points_is_bounded():
+    canvas, _ = app.umap_view(CHECKPOINT, None, "identity")
+    grid, note = app.umap_select(CHECKPOINT, {**canvas, "event": {"type": "select", "points": [-1, 10**9, 3] * 10**5}})
+    assert note.startswith("1 points selected") and len(grid) <= 1  # only in-range rows count, each once
+    with pytest.raises(app.gr.Error, match="Click a point"):
+        app.umap_select(CHECKPOINT, {**canvas, "event": {"type": "click", "point": 10**9}})
+
+
+# ----- launch ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, classroom",
+    [
+        (["--host", "0.0.0.0"], True),
+        (["--host", "0.0.0.0", "--no-classroom"], False),
+        ([], False),
+        (["--classroom"], True),
+    ],
+)
+def test_launch_defaults(monkeypatch, argv, classroom):
+    launched = {}
+
+    def queue(self, **kwargs):
+        launched["queue"] = kwargs
+        return self
+
+    monkeypatch.setattr(app.gr.Blocks, "queue", queue)
+    monkeypatch.setattr(app.gr.Blocks, "launch", lambda self, **kwargs: launched.update(launch=kwargs, demo=self))
+    monkeypatch.setattr(app, "warm_up", lambda checkpoint: None)
+    monkeypatch.setattr(app, "expire_sessions_forever", lambda demo: None)
+    monkeypatch.setattr(app, "SETTINGS", dict(app.SETTINGS))
+    app.main(argv)
+    assert app.SETTINGS["classroom"] is classroom
+    assert launched["launch"]["show_error"] is False and launched["demo"].analytics_enabled is False
+    assert launched["queue"] == {"max_size": 64, "default_concurrency_limit": 4}
+    assert [m.cls for m in launched["launch"]["app_kwargs"]["middleware"]] == [app.UploadQuota]
+
+
+# ----- a launched server in classroom mode -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classroom_server(tmp_path_factory):
+    checkpoints = tmp_path_factory.mktemp("class_checkpoints")
+    shutil.copytree(DEFAULT_CHECKPOINT, checkpoints / DEFAULT_CHECKPOINT.name)
+    port, log = free_port(), checkpoints.parent / "classroom_server.log"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--checkpoint-dir", str(checkpoints)]
+        + ["--checkpoint", str(checkpoints / DEFAULT_CHECKPOINT.name), "--classroom", "--upload-quota-mb", "1"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env={**os.environ, "DPMPP_TEACHER_TOKEN": TOKEN},
+    )
+    url = f"http://127.0.0.1:{port}/"
+    from urllib.request import urlopen
+
+    for _ in range(180):
+        try:
+            urlopen(url, timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(log.read_text()[-3000:]) from None
+            time.sleep(1)
+    yield url, checkpoints
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def upload(url: str, data: bytes, name: str = "x.bin") -> int:
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(f"{url}gradio_api/upload", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_classroom_server_keeps_powers_for_the_teacher(classroom_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, checkpoints = classroom_server
+    student = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    with pytest.raises(Exception, match="only the teacher can start trainings"):
+        student.predict("pets09_occ", "", "tiny", 1, "mine", [], api_name="/train")
+    with pytest.raises(Exception, match="not one of the listed checkpoints"):
+        student.predict("/root/.ssh", api_name="/load_model")
+    strip = png(tmp_path / "strip.png", (40000, 8))
+    with pytest.raises(Exception, match="longer side is at most 8 times"):
+        student.predict(handle_file(str(strip)), api_name="/upload_query")
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (600, 1200), (90, 40, 40)).save(photo)
+    shown, _, info = student.predict(handle_file(str(photo)), api_name="/upload_query")
+    assert "identity unknown" in info and Image.open(shown).size == (128, 256)
+    teacher = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+    note, _ = teacher.predict(TOKEN, api_name="/teacher_login")
+    assert "teacher" in note
+    outside = tmp_path / "outside"
+    shutil.copytree(DEFAULT_CHECKPOINT, outside)
+    card, _ = teacher.predict(str(outside), api_name="/load_model")
+    assert "pets09_occ" in card
+
+
+def test_classroom_server_refuses_uploads_over_the_quota(classroom_server):
+    url, _ = classroom_server
+    statuses = [upload(url, os.urandom(400_000)) for _ in range(4)]  # the quota is 1 MB
+    assert statuses[:2] == [200, 200] and statuses[-1] == 507
+
+
+def test_teacher_url_unlocks_the_page(classroom_server):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is not installed (.ci/run installs it with apt)")
+    url, _ = classroom_server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        notes = {}
+        for who, address, expected in (
+            ("student", url, "Classroom mode:"),
+            ("teacher", f"{url}?teacher={TOKEN}", "Classroom mode, teacher"),  # set by the page's load event
+        ):
+            page = browser.new_page()
+            page.goto(address, wait_until="domcontentloaded")
+            page.wait_for_function(
+                f"(document.querySelector('#role_note') || {{innerText: ''}}).innerText.includes({expected!r})",
+                timeout=60000,
+            )
+            notes[who] = page.inner_text("#role_note")
+        browser.close()
+    assert "teacher" not in notes["student"].split(":")[0] and "teacher" in notes["teacher"].split(":")[0]
