@@ -40,7 +40,7 @@ from PIL import Image
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse
 
-from dpmpp.api import CHECKPOINT_FILES, Pipeline, install_checkpoint, safe_name
+from dpmpp.api import CHECKPOINT_FILES, PEERS, PeerUnavailable, Pipeline, install_checkpoint, load_peer, safe_name
 from dpmpp.atomic import write_text
 from dpmpp.caching import shared_cache
 from dpmpp.cases import CaseError, build_case, read_case
@@ -64,6 +64,8 @@ logger = logging.getLogger("dpmpp.app")
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"  # served locally: no CDN
 BENCHMARK = ASSETS / "pets09_occ"
 HSV = "HSV colour floor (no model)"
+PEER_CHOICES = {f"{spec.title}, zero-shot (pretrained peer)": name for name, spec in PEERS.items()}
+BASELINES = {HSV, *PEER_CHOICES}  # models without a checkpoint folder: listed by name
 SETTINGS = {
     "checkpoint_dir": CHECKPOINTS,
     "data_root": None,
@@ -197,15 +199,15 @@ def checkpoint_choices() -> list[str]:
     folder = Path(SETTINGS["checkpoint_dir"]).resolve()
     found = [p.parent for p in folder.glob("*/model.safetensors")] if folder.is_dir() else []
     listed = {str(p) for p in found if not p.name.startswith(".")}  # not an upload's staging folder
-    if SETTINGS["start"] not in (None, HSV):
+    if SETTINGS["start"] is not None and SETTINGS["start"] not in BASELINES:
         listed.add(str(Path(SETTINGS["start"]).resolve()))
-    return sorted(listed) + [HSV]
+    return sorted(listed) + [HSV, *PEER_CHOICES]
 
 
 def canonical(checkpoint: str | None) -> tuple[str]:
     """One cache key per folder, however it is spelled (`ckpt/`, `//ckpt`, `ckpt/.`); None is the default."""
-    if checkpoint == HSV:
-        return (HSV,)
+    if checkpoint in BASELINES:
+        return (checkpoint,)
     return (str(Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()),)
 
 
@@ -215,8 +217,8 @@ def checkpoint_for(text, request: gr.Request | None = None) -> str:
     In classroom mode a student gets the same answer for every unlisted folder, whether it exists or not.
     """
     text = "" if text is None else str(text).strip()
-    if text == HSV:
-        return HSV
+    if text in BASELINES:
+        return text
     try:
         if not text or "\x00" in text or len(text) > 4096:
             raise ValueError("not a folder name")
@@ -234,6 +236,11 @@ def checkpoint_for(text, request: gr.Request | None = None) -> str:
 @shared_cache(maxsize=4, key=canonical)
 def explorer_for(checkpoint: str) -> BenchmarkExplorer:
     split = load_split("pets09_occ", BENCHMARK)
+    if checkpoint in PEER_CHOICES:
+        try:
+            return BenchmarkExplorer(split, embedder=load_peer(PEER_CHOICES[checkpoint]))
+        except PeerUnavailable as error:
+            raise refuse(str(error), error) from error
     pipeline = None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
     return BenchmarkExplorer(split, pipeline)
 
@@ -291,7 +298,8 @@ def warm_up(checkpoint: str) -> None:
     2 cores), placing points in it, and the saliency of the patch-transfer partner pool."""
     points = prototype_map_for(checkpoint)
     points.place(explorer_for(checkpoint).query.features[:2])
-    if checkpoint != HSV and explorer_for(checkpoint).pipeline.model.saliency_head is not None:
+    pipeline = explorer_for(checkpoint).pipeline
+    if pipeline is not None and pipeline.model.saliency_head is not None:
         partner_saliency_for(checkpoint)
 
 
@@ -331,6 +339,14 @@ def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.nda
 def model_card(checkpoint: str) -> str:
     if checkpoint == HSV:
         return "### HSV colour floor\nPer-stripe HSV histograms, no learning: the floor every model must beat."
+    if checkpoint in PEER_CHOICES:
+        spec = PEERS[PEER_CHOICES[checkpoint]]
+        return (
+            f"### {spec.title}\nA pretrained person re-ID network used zero-shot (never trained here), run through "
+            f"{spec.runtime}: {spec.params:,} parameters; training data: {spec.trained_on}. It has no mask and no "
+            "saliency head: retrieval, the map and the failure table work; the mask, patch transfer and Grad-CAM "
+            "need a DPM++ checkpoint."
+        )
     return model_card_markdown(checkpoint)
 
 
@@ -613,7 +629,7 @@ def explain(checkpoint: str, view: dict):
 def mask_view(checkpoint: str, view: dict, threshold: float):
     explorer = explorer_for(checkpoint)
     if not explorer.has_mask:
-        raise gr.Error("This model has no mask (HSV floor or a model trained with model.use_mask=false).")
+        raise gr.Error("This model has no mask (a baseline, a pretrained peer, or model.use_mask=false).")
     clean_image = _image(view, "clean")
     images = [clean_image] + ([view["occluded"]] if view.get("occluded") is not None else [])
     embedded = explorer.embed(images)
@@ -753,7 +769,7 @@ def export_folder() -> Path:
 
 
 def export_case(checkpoint: str, view: dict, top_k: float, use_mask: bool):
-    checkpoint_hash = "" if checkpoint == HSV else weights_hash(checkpoint)
+    checkpoint_hash = "" if checkpoint in BASELINES else weights_hash(checkpoint)
     image = _image(view, "occluded")
     top_k = min(max(int(top_k or 10), 1), 20)
     case = build_case(explorer_for(checkpoint), view, image, checkpoint, checkpoint_hash, top_k, use_mask)
@@ -773,7 +789,7 @@ def import_case(checkpoint: str, file):
     if case.query_index < 0:
         raise gr.Error("This case was made from an uploaded image, which the case file does not contain.")
     notes = []
-    if case.checkpoint_hash and checkpoint != HSV and weights_hash(checkpoint) != case.checkpoint_hash:
+    if case.checkpoint_hash and checkpoint not in BASELINES and weights_hash(checkpoint) != case.checkpoint_hash:
         notes.append(
             f"Note: the case was made with {case.checkpoint} ({case.checkpoint_hash}); another model is "
             "loaded, so scores differ."

@@ -21,6 +21,7 @@ from dpmpp.engine.distributed import pick_device
 from dpmpp.eval.extract import evaluate_similarity, extract, similarity
 from dpmpp.eval.metrics import ReIDMetrics
 from dpmpp.model.dpmpp import build_model
+from dpmpp.model.peers import PEERS, PeerEmbedder, PeerUnavailable, load_peer  # noqa: F401 - the facade's peers
 from dpmpp.paths import DEFAULT_CHECKPOINT
 
 logger = logging.getLogger(__name__)

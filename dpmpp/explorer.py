@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from dpmpp.api import Embedding, Pipeline
 from dpmpp.data.records import Split
+from dpmpp.eval.baselines import HSVEmbedder
 from dpmpp.eval.extract import evaluate_similarity, top_match_pids
 from dpmpp.eval.metrics import ReIDMetrics, evaluate
 
@@ -35,18 +37,26 @@ class Retrieval:
     query_index: int = -1
 
 
-class BenchmarkExplorer:
-    """Query/gallery embeddings of a split, from a DPM++ checkpoint or (without one) the HSV floor."""
+class FeatureEmbedder(Protocol):
+    """A model without a mask: the HSV floor, a pretrained peer (dpmpp.model.peers)."""
 
-    def __init__(self, split: Split, pipeline: Pipeline | None = None) -> None:
+    name: str
+
+    def embed(self, images) -> np.ndarray:
+        """Images (paths, PIL images or arrays) -> unit features [N, D]."""
+
+
+class BenchmarkExplorer:
+    """Query/gallery embeddings of a split, from a DPM++ checkpoint or a `FeatureEmbedder` (default: HSV floor)."""
+
+    def __init__(self, split: Split, pipeline: Pipeline | None = None, embedder: FeatureEmbedder | None = None) -> None:
         self.split, self.pipeline = split, pipeline
+        self.embedder = None if pipeline is not None else embedder or HSVEmbedder()
         if pipeline is not None:
             self.query, self.gallery = pipeline.embed_records(split.query), pipeline.embed_records(split.gallery)
         else:
-            from dpmpp.eval.baseline_eval import baseline_features
-
-            self.query = Embedding(baseline_features("hsv", split.query), None)
-            self.gallery = Embedding(baseline_features("hsv", split.gallery), None)
+            self.query = Embedding(self.embedder.embed([r.path for r in split.query]), None)
+            self.gallery = Embedding(self.embedder.embed([r.path for r in split.gallery]), None)
         self.g_pids = np.array([r.pid for r in split.gallery])
         self.g_camids = np.array([r.camid for r in split.gallery])
         self._similarity: dict[bool, np.ndarray] = {}
@@ -55,7 +65,7 @@ class BenchmarkExplorer:
     @property
     def model_name(self) -> str:
         if self.pipeline is None:
-            return "HSV stripe histograms (no learning)"
+            return self.embedder.name
         return f"DPM++ {self.pipeline.config.preset} ({self.pipeline.folder.name})"
 
     @property
@@ -80,10 +90,7 @@ class BenchmarkExplorer:
 
     def embed(self, images) -> Embedding:
         if self.pipeline is None:
-            from dpmpp.data.images import load_image
-            from dpmpp.eval.baselines import hsv_stripe_features
-
-            return Embedding(hsv_stripe_features([load_image(i) for i in images]), None)
+            return Embedding(self.embedder.embed(list(images)), None)
         return self.pipeline.embed(images)
 
     def metrics(self, use_mask: bool = True) -> ReIDMetrics:

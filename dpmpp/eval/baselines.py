@@ -23,3 +23,15 @@ def hsv_stripe_features(
     hist = np.bincount(flat.ravel(), minlength=n * stripes * num_colours).reshape(n, stripes * num_colours)
     feats = np.sqrt(hist / (height * width / stripes))
     return feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+
+
+class HSVEmbedder:
+    """The HSV floor as an embedder: images (paths, PIL images or arrays) -> unit features [N, D]; no mask."""
+
+    name = "HSV stripe histograms (no learning)"
+    has_mask = False
+
+    def embed(self, images) -> np.ndarray:
+        from dpmpp.data.images import load_image
+
+        return hsv_stripe_features([load_image(image) for image in images])

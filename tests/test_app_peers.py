@@ -1,0 +1,42 @@
+"""A pretrained peer as a model in the app: listed, loaded by name, scored as the benchmark scores it."""
+
+import gradio as gr
+import numpy as np
+import pytest
+
+import app
+from dpmpp.data.datasets import load_split
+from dpmpp.eval.extract import evaluate_similarity
+from dpmpp.model.peers import load_peer
+from dpmpp.paths import ASSETS
+
+PEER = next(label for label, name in app.PEER_CHOICES.items() if name == "omz-0288")
+
+
+def test_every_peer_is_listed_and_loads_by_name():
+    assert set(app.PEER_CHOICES.values()) == {"osnet-x0.25-msmt17", "omz-0288", "omz-0287", "omz-0286", "omz-0277"}
+    assert all(label in app.checkpoint_choices() for label in app.PEER_CHOICES)
+    assert app.checkpoint_for(PEER) == PEER and app.canonical(PEER) == (PEER,)
+
+
+def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():
+    explorer = app.explorer_for(PEER)
+    assert explorer.model_name == "OMZ person-reid-retail-0288" and not explorer.has_mask
+    split = load_split("pets09_occ", ASSETS / "pets09_occ")
+    peer = load_peer("omz-0288")
+    sim = peer.embed([r.path for r in split.query]) @ peer.embed([r.path for r in split.gallery]).T
+    expected = evaluate_similarity(split, sim).summary()
+    got = explorer.metrics().summary()
+    assert got["rank1"] == pytest.approx(expected["rank1"]) and got["mAP"] == pytest.approx(expected["mAP"])
+    result = explorer.retrieve(0, top_k=5)
+    assert len(result.items) == 5 and all(np.isfinite(i.score) for i in result.items)
+
+
+def test_what_a_peer_cannot_show_is_refused_with_a_reason():
+    explorer = app.explorer_for(PEER)
+    view = app.new_view(explorer, 0, None)
+    with pytest.raises(gr.Error, match="no mask"):
+        app.mask_view(PEER, view, 0.5)
+    with pytest.raises(gr.Error, match="Grad-CAM needs a DPM\\+\\+ checkpoint"):
+        app.explain(PEER, view)
+    assert "zero-shot" in app.model_card(PEER) and "openvino" in app.model_card(PEER)
