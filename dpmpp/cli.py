@@ -1,22 +1,264 @@
-"""Command line: `python -m dpmpp build-data | train | eval | embed | bench`. The only argparse in the package."""
+"""Command line: `python -m dpmpp build-data | train | eval | embed | bench`. The only argparse in the package.
+
+An expected error (a bad config value, a missing file or weights, a dataset folder in another layout, a checkpoint
+that does not load, an unreadable image) prints one line, `error: ...`, on stderr and exits with status 2;
+`--debug` shows its traceback instead. Any other exception is a bug and shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Iterator, TextIO
 
 from dpmpp.paths import default_root
 
 logger = logging.getLogger("dpmpp")
+EXIT_USER_ERROR = 2
 
 
-def _data_root(args) -> Path:
-    root = args.root or default_root(args.data)
+class UsageError(Exception):
+    """A command was given too little or something it cannot use; the message says what it needs."""
+
+
+# Errors a user causes and can fix, each with a message saying what was expected, as (module, class name). They
+# are looked up among the modules already imported only: an error of a class can only come from a loaded module,
+# and the command line stays quick to start.
+EXPECTED_ERRORS = (
+    ("dpmpp.config", "ConfigError"),
+    ("dpmpp.model.backbone", "PretrainedWeightsMissing"),
+    ("dpmpp.data.datasets", "DatasetLayoutError"),
+    ("dpmpp.data.datasets", "UnknownDatasetError"),
+    ("dpmpp.engine.checkpoint", "CheckpointError"),
+    ("dpmpp.model.peers", "PeerUnavailable"),
+    ("dpmpp.data.images", "ImageLoadError"),
+    ("dpmpp.engine.loop", "NonFiniteLossError"),
+)
+
+
+def is_expected(error: BaseException) -> bool:
+    """Whether `error` is a user's mistake (one line, exit status 2) rather than a bug (a traceback)."""
+    if isinstance(error, (UsageError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return True
+    for module, name in EXPECTED_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return True
+    return False
+
+
+def error_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    elif isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        text = error.args[0]  # KeyError's str() quotes its message
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+# ----- progress on stderr --------------------------------------------------------------------------------------
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class StatusLine:
+    """One line of progress on a stream (stderr): redrawn in place on a terminal; elsewhere (a pipe, a log file)
+    written as whole lines, at most one every `every` seconds unless forced."""
+
+    current: StatusLine | None = None  # the line a log record must not be written into
+
+    def __init__(self, stream: TextIO | None = None, every: float = 30.0) -> None:
+        self.stream = stream or sys.stderr
+        self.terminal = _is_terminal(self.stream)
+        self.every, self.last = every, time.monotonic()
+        self.lines = 0  # whole lines written (not on a terminal)
+        self.drawn = 0  # length of the line drawn in place, 0 when none is open (on a terminal)
+        self.lock = threading.Lock()
+
+    def show(self, text: str, force: bool = False) -> None:
+        with self.lock:
+            if self.terminal:
+                self.stream.write("\r" + text.ljust(self.drawn))
+                self.drawn = max(len(text), 1)
+                StatusLine.current = self
+            elif force or time.monotonic() - self.last >= self.every:
+                self.stream.write(text + "\n")
+                self.lines, self.last = self.lines + 1, time.monotonic()
+            else:
+                return
+            self.stream.flush()
+
+    def close(self) -> None:
+        """End a line drawn in place, so that what is written next starts on a line of its own."""
+        with self.lock:
+            if self.drawn:
+                self.stream.write("\n")
+                self.stream.flush()
+                self.drawn = 0
+            if StatusLine.current is self:
+                StatusLine.current = None
+
+
+class _LineAwareHandler(logging.StreamHandler):
+    """Log records start on a line of their own, below a progress line drawn in place."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = StatusLine.current
+        if line is not None and line.stream is self.stream:
+            line.close()
+        super().emit(record)
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / max(total, 1))
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+class Counter:
+    """Progress through `total` items (None: unknown) on a StatusLine: `label [####....] n/total unit, ETA`."""
+
+    def __init__(self, label: str, total: int | None, unit: str = "images", stream: TextIO | None = None) -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.done, self.started = 0, time.monotonic()
+        self.line = StatusLine(stream)
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        elapsed = time.monotonic() - self.started
+        if self.total is None or self.done > self.total:
+            self.line.show(f"{self.label}: {self.done} {self.unit} in {_duration(elapsed)}")
+            return
+        eta = elapsed / self.done * (self.total - self.done)
+        finished = self.done >= self.total
+        self.line.show(
+            f"{self.label} {bar(self.done, self.total)} {self.done}/{self.total} {self.unit}, ETA {_duration(eta)}",
+            force=finished and self.line.lines > 0,  # elsewhere than a terminal, a long run also says it ended
+        )
+
+    def __enter__(self) -> Counter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.line.close()
+
+
+class Activity:
+    """For a command that cannot count its work: how long it has run, on a StatusLine redrawn every second by a
+    thread (on a terminal; elsewhere a line every 30 s)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, interval: float = 1.0) -> None:
+        self.label, self.interval = label, interval
+        self.line = StatusLine(stream)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dpmpp-activity", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self.stopped.wait(self.interval):
+            self.line.show(f"{self.label}: running for {_duration(time.monotonic() - started)}")
+
+    def __enter__(self) -> Activity:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.line.close()
+
+
+def _activity(args, label: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext() if args.quiet else Activity(label)
+
+
+class _BuiltForCheckpoint(logging.Filter):
+    """open_clip warns that a model it builds without weights is "initialized randomly"; building it for a
+    checkpoint, whose weights replace those at once, that would mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+def _pipeline(checkpoint: str | None, device: str | None):
+    """The Pipeline of `checkpoint`, able to report its embedding's progress (see `_counting`)."""
+    root, built_for_checkpoint = logging.getLogger(), _BuiltForCheckpoint()
+    root.addFilter(built_for_checkpoint)
+    try:
+        return _reporting_pipeline_type().from_checkpoint(checkpoint, device=device)
+    finally:
+        root.removeFilter(built_for_checkpoint)
+
+
+@contextlib.contextmanager
+def _counting(pipeline, args, label: str, total: int | None) -> Iterator[None]:
+    """While inside, `pipeline` counts the images it embeds on a progress bar (unless --quiet)."""
+    if args.quiet:
+        yield
+        return
+    with Counter(label, total) as counter:
+        pipeline.progress = counter
+        try:
+            yield
+        finally:
+            pipeline.progress = None
+
+
+@functools.cache
+def _reporting_pipeline_type() -> type:
+    import numpy as np
+
+    from dpmpp.api import Embedding, Pipeline
+
+    class ReportingPipeline(Pipeline):
+        """With a `progress` Counter, embeds batch by batch (the batches Pipeline.embed makes, so the features are
+        the same) and counts them; without one, a plain Pipeline."""
+
+        progress: Counter | None = None
+
+        def embed(self, images, camids=None, batch_size: int = 128) -> Embedding:
+            if self.progress is None or len(images) == 0:
+                return super().embed(images, camids, batch_size)
+            parts = []
+            for start in range(0, len(images), batch_size):
+                chunk = slice(start, start + batch_size)
+                parts.append(super().embed(images[chunk], None if camids is None else camids[chunk], batch_size))
+                self.progress.advance(len(parts[-1].features))
+            masks = [part.masks for part in parts]
+            return Embedding(
+                np.concatenate([part.features for part in parts]),
+                None if masks[0] is None else np.concatenate(masks),
+            )
+
+    return ReportingPipeline
+
+
+# ----- commands ------------------------------------------------------------------------------------------------
+def _data_root(name: str, root: str | None) -> Path:
+    """The folder of dataset `name`: `root`, else its bundled folder."""
+    root = root or default_root(name)
     if root is None:
-        raise SystemExit(f"--root is required for dataset {args.data!r} (only the bundled benchmarks have a default)")
+        from dpmpp.data.datasets import UnknownDatasetError, dataset_names
+
+        names = dataset_names()
+        if name not in names:
+            raise UnknownDatasetError(f"unknown dataset {name!r}; registered: {', '.join(names)}")
+        raise UsageError(f"--root is required for dataset {name!r} (only the bundled benchmarks have a default)")
     return Path(root)
 
 
@@ -25,16 +267,18 @@ def cmd_build_data(args) -> int:
         from dpmpp.data.build_cuhk01 import build as build_cuhk01
 
         if not args.cuhk01:
-            raise SystemExit("build-data cuhk01 needs --cuhk01 FOLDER (the release, with campus/NNNNMMM.png)")
-        rows = build_cuhk01(args.cuhk01, args.out, args.occluders or default_root("pets09_occ") / "occluders")
+            raise UsageError("build-data cuhk01 needs --cuhk01 FOLDER (the release, with campus/NNNNMMM.png)")
+        with _activity(args, "build-data cuhk01"):
+            rows = build_cuhk01(args.cuhk01, args.out, args.occluders or default_root("pets09_occ") / "occluders")
         print(f"wrote 3884 images and {len(rows)} occluded camera-A copies to {args.out}")
         return 0
     from dpmpp.data.build_pets09 import build
 
     missing = [flag for flag in ("video", "gt", "groups") if not getattr(args, flag)]
     if missing:
-        raise SystemExit(f"build-data pets09 needs {', '.join('--' + m for m in missing)}")
-    rows = build(args.video, args.gt, args.groups, args.out)
+        raise UsageError(f"build-data pets09 needs {', '.join('--' + m for m in missing)}")
+    with _activity(args, "build-data pets09"):
+        rows = build(args.video, args.gt, args.groups, args.out)
     roles = {role: sum(r["role"] == role for r in rows) for role in ("train", "query", "gallery")}
     print(f"wrote {len(rows)} crops to {args.out}: {roles}")
     return 0
@@ -58,35 +302,37 @@ def _print_metrics(summary: dict, as_json: bool, title: str) -> None:
 def cmd_eval(args) -> int:
     from dpmpp.data.datasets import load_split
 
-    split = load_split(args.data, _data_root(args))
+    split = load_split(args.data, _data_root(args.data, args.root))
     if not args.json:
         print(split.summary())
     if args.baseline:
         from dpmpp.eval.baseline_eval import evaluate_baseline
 
-        metrics = evaluate_baseline(args.baseline, split)
+        with _activity(args, f"eval {args.baseline}"):
+            metrics = evaluate_baseline(args.baseline, split)
         _print_metrics(metrics.summary(), args.json, f"{args.baseline} baseline on {args.data}")
         return 0
     if not args.checkpoint:
-        raise SystemExit("eval needs --checkpoint DIR or --baseline NAME")
-    from dpmpp.api import Pipeline
-
-    pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device)
-    metrics = pipeline.evaluate_split(split, use_mask=not args.no_mask, batch_size=args.batch_size)
+        raise UsageError("eval needs --checkpoint DIR or --baseline NAME")
+    pipeline = _pipeline(args.checkpoint, args.device)
+    with _counting(pipeline, args, f"eval {args.data}", len(split.query) + len(split.gallery)):
+        metrics = pipeline.evaluate_split(split, use_mask=not args.no_mask, batch_size=args.batch_size)
     mode = "no mask" if args.no_mask else "masked"
     _print_metrics(metrics.summary(), args.json, f"{args.checkpoint} on {args.data} ({mode})")
     return 0
 
 
 class ProgressPrinter:
-    """A one-line progress bar on stderr, and a line per evaluation."""
+    """Training progress on stderr: a bar redrawn at every step on a terminal (elsewhere, a line per epoch), and
+    a line per evaluation."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.line = StatusLine(stream)
+        self.stream = self.line.stream
 
     def __call__(self, event) -> None:
         if event.kind == "eval":
-            self.stream.write("\n")
+            self.line.close()
             for split, results in event.metrics.items():
                 if isinstance(results, dict):
                     for mode, m in results.items():
@@ -94,21 +340,22 @@ class ProgressPrinter:
                             f"  eval epoch {event.epoch} {split} {mode}: rank-1 {100 * m['rank1']:.1f} "
                             f"mAP {100 * m['mAP']:.1f} mINP {100 * m['mINP']:.1f}\n"
                         )
+            self.stream.flush()
             return
-        width = 24
-        done = int(width * event.step / max(event.steps, 1))
         losses = " ".join(f"{k} {v:.3f}" for k, v in list(event.losses.items())[:4])
         accuracy = f" acc {100 * event.accuracy:.0f}%" if event.accuracy is not None else ""
-        self.stream.write(
-            f"\r{event.stage} {event.epoch}/{event.epochs} [{'#' * done}{'.' * (width - done)}] "
-            f"{losses}{accuracy} {event.images_per_s:.0f} img/s ETA {event.eta_s / 60:.1f} min   "
+        self.line.show(
+            f"{event.stage} {event.epoch}/{event.epochs} {bar(event.step, event.steps)} "
+            f"{losses}{accuracy} {event.images_per_s:.0f} img/s ETA {event.eta_s / 60:.1f} min",
+            force=event.step >= event.steps,
         )
-        self.stream.flush()
+
+    def close(self) -> None:
+        self.line.close()
 
 
 def cmd_train(args) -> int:
     from dpmpp.config import apply_overrides, load_preset
-    from dpmpp.engine.train import train
 
     config = load_preset(args.config)
     config.data.name = args.data
@@ -122,12 +369,18 @@ def cmd_train(args) -> int:
         config.model.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
     if args.init:
         config.train.init_checkpoint = args.init
-    apply_overrides(config, args.set or [])
-    final = train(
-        config, args.out, resume=args.resume, device=args.device, callback=None if args.quiet else ProgressPrinter()
-    )
+    apply_overrides(config, args.set or [])  # validates the whole config, the flags above included
+    _data_root(config.data.name, config.data.root)  # a dataset without a bundled folder needs --root
+
+    from dpmpp.engine.train import train
+
+    printer = None if args.quiet else ProgressPrinter()
+    try:
+        final = train(config, args.out, resume=args.resume, device=args.device, callback=printer)
+    finally:
+        if printer is not None:
+            printer.close()
     if final:
-        sys.stderr.write("\n")
         print(json.dumps(final.get("final", final)))
     return 0
 
@@ -135,10 +388,9 @@ def cmd_train(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np
 
-    from dpmpp.api import Pipeline
-
-    pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device)
-    embedding = pipeline.embed(args.images)
+    pipeline = _pipeline(args.checkpoint, args.device)
+    with _counting(pipeline, args, "embed", len(args.images)):
+        embedding = pipeline.embed(args.images)
     arrays = {"features": embedding.features, "paths": np.array([str(p) for p in args.images])}
     if embedding.masks is not None:
         arrays["masks"] = embedding.masks
@@ -153,13 +405,15 @@ def cmd_embed(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.what == "masks":
-        from dpmpp.api import Pipeline
         from dpmpp.bench.masks import analyse, format_report, save_figure
         from dpmpp.data.datasets import load_split
         from dpmpp.explorer import BenchmarkExplorer
 
-        pipeline = Pipeline.from_checkpoint(args.checkpoint, device=args.device)
-        result = analyse(BenchmarkExplorer(load_split("pets09_occ", default_root("pets09_occ")), pipeline))
+        pipeline = _pipeline(args.checkpoint, args.device)
+        if not pipeline.has_mask:
+            raise UsageError(f"bench masks needs a checkpoint with a mask generator; {pipeline.folder} has none")
+        with _counting(pipeline, args, "bench masks", None):
+            result = analyse(BenchmarkExplorer(load_split("pets09_occ", default_root("pets09_occ")), pipeline))
         out = Path(args.out or "bench/results")
         out.mkdir(parents=True, exist_ok=True)
         save_figure(result, out / "masks.png")
@@ -175,9 +429,10 @@ def cmd_bench(args) -> int:
         methods = args.methods or (["DPM++ full"] if args.quick else [m for m in TRAINED if m not in DIAGNOSTIC])
         unknown = [m for m in methods if m not in TRAINED]
         if unknown:
-            raise SystemExit(f"unknown --methods {unknown}; expected some of {list(TRAINED)}")
+            raise UsageError(f"unknown --methods {unknown}; expected some of {list(TRAINED)}")
         out = Path(args.out or ("bench/results/accuracy_quick.csv" if args.quick else "bench/results/accuracy.csv"))
-        rows = run(out, seeds, epochs, methods, args.jobs, args.device)
+        with _activity(args, "bench accuracy"):
+            rows = run(out, seeds, epochs, methods, args.jobs, args.device)
         print(f"results: {out}")
         print(summary_table(rows))
         print()
@@ -193,15 +448,18 @@ def cmd_bench(args) -> int:
         for method in methods:
             for seed in args.seeds or [0]:
                 try:
-                    print(format_table(record(method, epochs, seed, args.device)))
+                    with _activity(args, f"bench grads {method}, seed {seed}"):
+                        steps = record(method, epochs, seed, args.device)
                 except ValueError as error:
-                    raise SystemExit(str(error)) from None
+                    raise UsageError(str(error)) from None
+                print(format_table(steps))
         return 0
     if args.what == "transfer":
         from dpmpp.bench.transfer import format_report, measure
 
         epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
-        results = [measure(epochs, nearer) for nearer in (False, True)]
+        with _activity(args, "bench transfer"):
+            results = [measure(epochs, nearer) for nearer in (False, True)]
         print(f"patch transfer on pets09_occ training batches, {epochs} epochs, tiny preset")
         print(json.dumps(results) if args.json else format_report(results))
         return 0
@@ -209,18 +467,24 @@ def cmd_bench(args) -> int:
         from dpmpp.bench.zeroshot import NUM_SPLITS, format_table, run
 
         out = Path(args.out or "bench/results/zeroshot.csv")
-        rows = run(out, NUM_SPLITS if args.splits is None else args.splits)
+        with _activity(args, "bench zeroshot"):
+            rows = run(out, NUM_SPLITS if args.splits is None else args.splits)
         print(f"results: {out}")
         print(format_table(rows))
         return 0
     if args.what == "proximity":
         from dpmpp.bench.proximity import DEFAULT_PEERS, format_gains, format_table, run
+        from dpmpp.model.peers import PEERS
         from dpmpp.paths import DEFAULT_CHECKPOINT
 
         checkpoints, peers = getattr(args, "checkpoints", None) or [], args.peer or []
         if not checkpoints and not peers:
             checkpoints, peers = [DEFAULT_CHECKPOINT], list(DEFAULT_PEERS)
-        summary, per_query, gains = run(checkpoints, peers, args.device, args.out)
+        unknown = [peer for peer in peers if peer not in PEERS]
+        if unknown:
+            raise UsageError(f"unknown --peer {', '.join(unknown)}; known: {', '.join(PEERS)}")
+        with _activity(args, "bench proximity"):
+            summary, per_query, gains = run(checkpoints, peers, args.device, args.out)
         if args.out:
             print(f"results: {args.out}")
         print(format_table(summary, per_query))
@@ -232,12 +496,13 @@ def cmd_bench(args) -> int:
         from dpmpp.bench import grid as grids
 
         if not args.grid:
-            raise SystemExit("bench grid needs --grid FILE (e.g. bench/grids/cuhk01.json)")
+            raise UsageError("bench grid needs --grid FILE (e.g. bench/grids/cuhk01.json)")
         grid = grids.Grid.load(args.grid)
         out = Path(args.out or "bench/results")
-        if not args.summary_only:
-            grids.run(grid, args.seeds or [0, 1, 2], out, args.jobs, args.methods)
-        data = grids.load_results(grid, out)
+        with _activity(args, f"bench grid {grid.name}"):
+            if not args.summary_only:
+                grids.run(grid, args.seeds or [0, 1, 2], out, args.jobs, args.methods)
+            data = grids.load_results(grid, out)
         print(grids.summary_table(data, grid.evaluate))
         for dataset in grid.evaluate:
             print()
@@ -248,9 +513,10 @@ def cmd_bench(args) -> int:
         from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
 
         out = Path(args.out or "bench/results/accuracy.csv")
-        per_query = load_per_query(fill_per_query(out, args.device))
+        with _activity(args, "bench events"):
+            per_query = load_per_query(fill_per_query(out, args.device))
         if not per_query:
-            raise SystemExit(f"no per-query results for {out}: run `python -m dpmpp bench accuracy --out {out}` first")
+            raise UsageError(f"no per-query results for {out}: run `python -m dpmpp bench accuracy --out {out}` first")
         reference = args.reference or "DPM++ full"
         print(f"per-query results: {len(per_query)} (row, seed) pairs")
         print(event_table(per_query, reference, mask_off_of="DPM++ full"))
@@ -264,7 +530,8 @@ def cmd_bench(args) -> int:
     from dpmpp.bench.speed import format_tables, run
     from dpmpp.engine.distributed import pick_device
 
-    results = run(args.quick, pick_device(args.device))
+    with _activity(args, "bench speed"):
+        results = run(args.quick, pick_device(args.device))
     if args.out:
         write_json(args.out, results)
     print(json.dumps(results) if args.json else format_tables(results))
@@ -282,6 +549,7 @@ class _Repeatable(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpmpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build-data", help="build a benchmark from raw data")
@@ -292,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cuhk01", help="cuhk01: the release folder (campus/NNNNMMM.png)")
     build.add_argument("--occluders", help="cuhk01: occluder bank folder (default: the bundled PETS09 bank)")
     build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--quiet", action="store_true", help="no progress line")
     build.set_defaults(func=cmd_build_data)
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint or a no-learning baseline")
@@ -303,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 
     train = commands.add_parser("train", help="train DPM++ (both stages) and write a checkpoint folder")
@@ -327,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", help="image files")
     embed.add_argument("--out", required=True, help="output .npz")
     embed.add_argument("--device", default=None)
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=cmd_embed)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
@@ -370,15 +641,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--summary-only", action="store_true", help="grid: print the tables of the runs so far")
     bench.add_argument("--splits", type=int, default=None, help="zeroshot: the first N random CUHK01 splits (10)")
     bench.add_argument("--device", default=None)
+    bench.add_argument("--quiet", action="store_true", help="no progress line")
     bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an expected error prints `error: ...` on stderr and returns 2 (with --debug it is raised)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    return args.func(args)
+    handler = _LineAwareHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    if args.debug:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
+    except Exception as error:
+        if not is_expected(error):
+            raise
+        sys.stderr.write(f"error: {error_line(error)}\n")
+        return EXIT_USER_ERROR
