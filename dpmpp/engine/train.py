@@ -77,6 +77,7 @@ class Trainer:
         callback: Callable[[ProgressEvent], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> None:
+        config.validate()  # configs built in code (the app's jobs) are checked as loaded ones are
         self.config, self.out_dir = config, Path(out_dir)
         self.dist: DistInfo = init_distributed(device)
         self.device = resolve_device(device, self.dist)
