@@ -2,8 +2,8 @@
 
     python bench/readme_screenshots.py [--out assets/readme]
 
-Starts `python app.py` on a free local port with the bundled checkpoint (checkpoints/dpmpp_tiny_pets09), drives the
-page in Chromium through Playwright (viewport 1280 wide) and writes four full-page screenshots:
+Starts `python app.py` on a free local port with the bundled default checkpoint (dpmpp.paths.DEFAULT_CHECKPOINT),
+drives the page in Chromium through Playwright (viewport 1280 wide) and writes four full-page screenshots:
 
 - app_transfer.png: Query & occlude tab, the first benchmark query (failures first) after a patch transfer, with
   the query saliency, the partner's silhouette, both person masks and the transferred result;
@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # a script in bench/: the project root is not on the path by itself
 
 from dpmpp.atomic import atomic_path  # noqa: E402
+from dpmpp.paths import DEFAULT_CHECKPOINT  # noqa: E402
 
-CHECKPOINT = ROOT / "checkpoints" / "dpmpp_tiny_pets09"
+CHECKPOINT = DEFAULT_CHECKPOINT
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -319,7 +319,19 @@ def cmd_eval(args) -> int:
         metrics = pipeline.evaluate_split(split, use_mask=not args.no_mask, batch_size=args.batch_size)
     mode = "no mask" if args.no_mask else "masked"
     _print_metrics(metrics.summary(), args.json, f"{args.checkpoint} on {args.data} ({mode})")
+    if args.record:
+        record_final(Path(args.checkpoint), args.data, "unmasked" if args.no_mask else "masked", metrics.summary())
     return 0
+
+
+def record_final(folder: Path, dataset: str, mode: str, summary: dict) -> None:
+    """Add an evaluation to the checkpoint's metrics.json ("final" -> dataset -> mode), atomically."""
+    from dpmpp.atomic import write_json
+
+    path = folder / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics.setdefault("final", {}).setdefault(dataset, {})[mode] = summary
+    write_json(path, metrics)
 
 
 class ProgressPrinter:
@@ -572,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--record", action="store_true", help="also write the result into the checkpoint's metrics.json (final)"
+    )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -1,5 +1,6 @@
 """The app in three tiers: handlers called directly, gradio_client against a launched server, a real browser."""
 
+import base64
 import json
 import os
 import shutil
@@ -62,9 +63,10 @@ def test_transfer_takes_partner_silhouettes_from_the_benchmark(view):
 def test_mask_view_counts_active_dimensions(view):
     occluded_view = app.occlude_paste(view, "pole", 0.5, 0.5, 1.0)[0]
     bars, counts, contribution = app.mask_view(CHECKPOINT, occluded_view, 0.5)
-    assert len(bars.data) == 3 and len(bars.data[0].y) == 256
+    dims = app.explorer_for(CHECKPOINT).query.features.shape[1]
+    assert len(bars.data) == 3 and len(bars.data[0].y) == dims
     embedded = app.explorer_for(CHECKPOINT).embed([view["clean"]])
-    assert f"clean {(embedded.masks[0] > 0.5).sum()} of 256" in counts
+    assert f"clean {(embedded.masks[0] > 0.5).sum()} of {dims}" in counts
     assert len(contribution.data) == 2  # first true match and top wrong match
 
 
@@ -85,7 +87,11 @@ def test_case_export_and_import_restore_the_view(view, tmp_path):
     occluded_view = app.occlude_paste(view, "person_P02", 0.3, 0.6, 0.8)[0]
     path = app.export_case(CHECKPOINT, occluded_view, 10, True)
     case = json.loads(Path(path).read_text())
-    assert case["occlusion"]["occluder"] == "person_P02" and len(case["mask"]) == 256 and len(case["top"]) == 10
+    assert (
+        case["occlusion"]["occluder"] == "person_P02"
+        and len(case["mask"]) == app.explorer_for(CHECKPOINT).query.features.shape[1]
+        and len(case["top"]) == 10
+    )
     restored = app.import_case(CHECKPOINT, path)
     restored_view = restored[1]
     np.testing.assert_array_equal(restored_view["occluded"], occluded_view["occluded"])
@@ -146,6 +152,15 @@ def server(tmp_path_factory):
     process.wait(timeout=30)
 
 
+def plotly_array(value) -> np.ndarray:
+    """A figure's data array as plotly.js gets it: a list, or a typed array {"dtype", "bdata"[, "shape"]}."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = value.get("shape")
+        return array.reshape([int(n) for n in str(shape).split(",")]) if shape else array
+    return np.asarray(value)
+
+
 def test_client_drives_every_view(server, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -196,10 +211,18 @@ def test_client_drives_every_view(server, tmp_path):
     canvas, note = client.predict("correctness", api_name="/umap")
     assert "UMAP" in note and len(json.loads(canvas["figure"])["data"]) == 4  # gallery, query, prototypes, trail
     assert sum(1 for url in canvas["thumbs"] if url.startswith("/gradio_api/file=")) == 754 + 213
-    grid, grid_note = client.predict({**canvas, "event": {"type": "click", "point": 20}}, api_name="/umap_select")
+    gallery_trace = next(t for t in json.loads(canvas["figure"])["data"] if t["name"] == "gallery")
+    first_gallery_point = int(plotly_array(gallery_trace["customdata"]).ravel()[0])  # prototypes come first
+    grid, grid_note = client.predict(
+        {**canvas, "event": {"type": "click", "point": first_gallery_point}}, api_name="/umap_select"
+    )
     assert "Nearest neighbours" in grid_note and len(grid) >= 12
     grid, grid_note = client.predict(
-        {**canvas, "event": {"type": "select", "points": list(range(10, 90))}}, api_name="/umap_select"
+        {
+            **canvas,
+            "event": {"type": "select", "points": list(range(first_gallery_point + 10, first_gallery_point + 90))},
+        },
+        api_name="/umap_select",
     )
     assert grid_note.startswith("80 points selected (showing the first 60)") and len(grid) == 60
     case_path = client.predict(10, True, api_name="/export_case")

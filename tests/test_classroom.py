@@ -3,6 +3,7 @@ and messages without server paths. Handlers are called directly; one launched se
 
 import datetime
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from PIL import Image, ImageFile
 import app
 from dpmpp.api import CHECKPOINT_FILES
 from dpmpp.jobs import TrainingJobs
-from dpmpp.paths import DEFAULT_CHECKPOINT
+from dpmpp.paths import DEFAULT_CHECKPOINT, PETS09_CHECKPOINT
 from tests.test_app import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,20 +188,24 @@ def test_only_the_teacher_uploads_checkpoints_or_trains_in_classroom_mode(classr
         app.teacher_login("guess", student)
     note, _ = app.teacher_login(TOKEN, student)
     assert "teacher" in note
-    with pytest.raises(app.gr.Error, match="already listed as dpmpp_tiny_pets09"):
+    with pytest.raises(app.gr.Error, match=f"already listed as {DEFAULT_CHECKPOINT.name}"):
         app.upload_checkpoint(files, "mine", student)  # the same weights under a new name
     assert not (classroom / "mine").exists()
 
 
 def test_checkpoint_folder_quota_stops_uploads_and_trainings(classroom, monkeypatch):
-    monkeypatch.setitem(app.SETTINGS, "checkpoint_quota_mb", 20)  # the bundled copy alone takes 14 MB
+    files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
+    size_mb = sum(Path(f).stat().st_size for f in files) / 2**20
+    quota = math.ceil(1.5 * size_mb)  # room for the bundled copy, not for a training's reserve
+    assert quota - size_mb < app.TRAINING_RESERVE_MB
+    monkeypatch.setitem(app.SETTINGS, "checkpoint_quota_mb", quota)
     with pytest.raises(app.gr.Error, match="quota"):
         app.start_training("pets09_occ", "", "tiny", 1, "run", [])
     shutil.rmtree(classroom / DEFAULT_CHECKPOINT.name)
-    files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
     app.upload_checkpoint(files, "first")
+    other = [str(PETS09_CHECKPOINT / name) for name in CHECKPOINT_FILES]  # other weights, larger than the room left
     with pytest.raises(app.gr.Error, match="quota"):
-        app.upload_checkpoint(files, "second")
+        app.upload_checkpoint(other, "second")
     assert not (classroom / "second").exists()
 
 

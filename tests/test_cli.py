@@ -201,8 +201,9 @@ def test_an_error_reads_as_one_line():
     )
 
 
-def test_main_returns_2_for_an_expected_error_and_raises_a_bug(monkeypatch, capsys):
-    assert cli.main(["train", "--set", "train.epochs=ten", "--out", "unused"]) == 2
+def test_main_returns_2_for_an_expected_error_and_raises_a_bug(monkeypatch, capsys, tmp_path):
+    out = str(tmp_path / "unused")  # never written: both calls fail before training
+    assert cli.main(["train", "--set", "train.epochs=ten", "--out", out]) == 2
     assert capsys.readouterr().err == "error: train.epochs must be an integer; got 'ten'\n"
 
     def broken(args):
@@ -210,7 +211,7 @@ def test_main_returns_2_for_an_expected_error_and_raises_a_bug(monkeypatch, caps
 
     monkeypatch.setattr(cli, "cmd_train", broken)
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["train", "--out", "unused"])
+        cli.main(["train", "--out", out])
 
 
 # ----- progress ------------------------------------------------------------------------------------------------

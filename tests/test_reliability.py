@@ -54,7 +54,7 @@ def test_bad_images_get_typed_errors_and_the_pipeline_keeps_working(pipeline, tm
         encoded(person.convert("CMYK"), "JPEG"),
     ]
     embedded = pipeline.embed(odd)
-    assert embedded.features.shape == (len(odd), 256) and np.isfinite(embedded.features).all()
+    assert embedded.features.shape == (len(odd), pipeline.model.embed_dim) and np.isfinite(embedded.features).all()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -233,7 +233,8 @@ def test_weight_headers_over_the_limits_are_refused_from_the_header_alone(tmp_pa
     wrong = {"text_prototypes": {"dtype": "F32", "shape": [3, 256], "data_offsets": [0, 3072]}}
     shutil.copyfile(DEFAULT_CHECKPOINT / "model.safetensors", folder / "model.safetensors")
     write_safetensors_header(folder / "text_prototypes.safetensors", wrong, 3072)
-    with pytest.raises(CheckpointError, match=r"text_prototypes of shape \[3, 256\], expected \[10, dim\]"):
+    classes = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())["meta"]["num_classes"]
+    with pytest.raises(CheckpointError, match=rf"text_prototypes of shape \[3, 256\], expected \[{classes}, dim\]"):
         read_config(folder)
 
 

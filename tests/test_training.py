@@ -95,8 +95,15 @@ def test_resume_repeats_the_uninterrupted_run(fast_config, tmp_path):
     assert state["stage"] == "done" and state["epoch"] == 2
 
 
-def test_non_finite_loss_stops_without_writing(fast_config, tmp_path):
-    fast_config.train.lr_encoder = float("nan")
+def test_non_finite_loss_stops_without_writing(fast_config, tmp_path, monkeypatch):
+    import dpmpp.engine.train as training
+
+    def poisoned(*args, **kwargs):  # a loss that overflows, as a diverging run's would
+        losses = stage2_losses(*args, **kwargs)
+        return {**losses, "id": losses["id"] * float("nan")}
+
+    stage2_losses = training.stage2_losses
+    monkeypatch.setattr(training, "stage2_losses", poisoned)
     fast_config.model.use_text_stage = False
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         train(fast_config, tmp_path / "nan")

@@ -151,7 +151,8 @@ def load_results(grid: Grid, out: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no per-query results under {grid.folders(out)[1]}; run the grid first")
     data = pd.concat(frames, ignore_index=True)
     if "ap_no_mask" in data:
-        off = data[data["ap_no_mask"].notna()].copy()
+        masked = data.groupby(["row", "seed", "dataset"])["ap_no_mask"].transform(lambda scores: scores.notna().any())
+        off = data[masked].copy()  # whole runs (a query without a true match has no score either way)
         off["row"] = off["row"] + MASK_OFF
         off["ap"], off["rank1"] = off["ap_no_mask"], off["rank1_no_mask"]
         data = pd.concat([data, off], ignore_index=True)
