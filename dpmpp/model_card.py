@@ -24,7 +24,7 @@ def model_card_markdown(checkpoint: str | Path) -> str:
         f"- preset **{config.preset}**, {encoder} (pretrained: {model.pretrained or 'none, random init'}), "
         f"input {meta['image_size']}",
         f"- trained on **{meta.get('dataset')}**: {meta.get('train_images', '?')} images, "
-        f"{meta['num_classes']} identities, {meta.get('num_cameras')} cameras (tracks)",
+        f"{meta['num_classes']} identities, {meta.get('num_cameras')} camera ids",
         f"- stage 1 {config.train.stage1_epochs} epochs, stage 2 {config.train.epochs} epochs, "
         f"{metrics.get('train_seconds', '?')} s of training; weights sha256 {weights_hash(checkpoint)}",
         f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
@@ -42,6 +42,14 @@ def model_card_markdown(checkpoint: str | Path) -> str:
             lines.append(
                 f"- {split}, {mode}: rank-1 {100 * m['rank1']:.1f}, mAP {100 * m['mAP']:.1f}, "
                 f"mINP {100 * m['mINP']:.1f}"
+            )
+    across = metrics.get("across_seeds")
+    if across:  # what a fresh training gives: the row's mean ± std, this checkpoint being one of its seeds
+        lines.append(f"- mean ± std over seeds {', '.join(map(str, across['seeds']))} of the same recipe, masked:")
+        for split, m in across["results"].items():
+            lines.append(
+                f"  - {split}: rank-1 {m['rank1'][0]:.1f} ± {m['rank1'][1]:.1f}, "
+                f"mAP {m['mAP'][0]:.1f} ± {m['mAP'][1]:.1f}"
             )
     return "\n".join(lines)
 
