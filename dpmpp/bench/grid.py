@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from dpmpp.atomic import write_text
-from dpmpp.bench.events import checkpoint_per_query, hierarchical_bootstrap, per_query_frame
+from dpmpp.bench.events import checkpoint_per_query, hierarchical_bootstrap, paired_bootstrap, per_query_frame
 from dpmpp.config import apply_overrides, load_preset
 from dpmpp.data.datasets import load_split
 from dpmpp.paths import default_root
@@ -183,7 +183,8 @@ def paired_table(data: pd.DataFrame, reference: str, dataset: str, samples: int 
     subset = data[data["dataset"] == dataset]
     ref = _by_seed(subset, reference)
     lines = [
-        f"{dataset}: row − {reference}, 95 % intervals resampling seeds and events (two-level bootstrap)",
+        f"{dataset}: row − {reference}, 95 % intervals resampling seeds and events (two-level bootstrap); "
+        "† one shared seed: events only, seed variation not included",
         "",
         "| row | seeds | Δ rank-1 | Δ mAP |",
         "|---|---|---|---|",
@@ -196,15 +197,18 @@ def paired_table(data: pd.DataFrame, reference: str, dataset: str, samples: int 
         if list(scores) == ["-"]:  # deterministic: the same scores under every seed
             scores = {seed: scores["-"] for seed in ref}
         shared = sorted(set(scores) & set(ref))
-        if len(shared) < 2:
+        if not shared:
             continue
+        # one shared seed: events only (marked †), as a seed level cannot be resampled from one seed
+        bootstrap = hierarchical_bootstrap if len(shared) > 1 else paired_bootstrap
         cells = []
         for key in ("rank1", "ap"):
             mine = np.stack([scores[s][key] for s in shared])
             theirs = np.stack([ref[s][key] for s in shared])
-            point, low, high = hierarchical_bootstrap(100 * mine, 100 * theirs, events, samples=samples)
+            point, low, high = bootstrap(100 * mine, 100 * theirs, events, samples=samples)
             cells.append(f"{point:+.1f} [{low:+.1f}, {high:+.1f}]")
-        lines.append(f"| {row} | {len(shared)} | " + " | ".join(cells) + " |")
+        mark = "" if len(shared) > 1 else " †"
+        lines.append(f"| {row} | {len(shared)}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
