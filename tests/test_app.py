@@ -137,19 +137,24 @@ def server(tmp_path_factory):
         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "0"},
     )
     url = f"http://127.0.0.1:{port}/"
+    wait_until_up(url, process, lambda: process.stderr.read().decode())
+    yield url, checkpoints
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log) -> None:
+    """Poll `url` for up to 3 minutes; if the server exits first, raise with the tail of `log()`."""
     from urllib.request import urlopen
 
     for _ in range(180):
         try:
             urlopen(url, timeout=1)
-            break
+            return
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError(process.stderr.read().decode()[-3000:]) from None
+                raise RuntimeError(log()[-3000:]) from None
             time.sleep(1)
-    yield url, checkpoints
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def plotly_array(value) -> np.ndarray:

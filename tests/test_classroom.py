@@ -20,7 +20,7 @@ import app
 from dpmpp.api import CHECKPOINT_FILES
 from dpmpp.jobs import TrainingJobs
 from dpmpp.paths import DEFAULT_CHECKPOINT, PETS09_CHECKPOINT
-from tests.test_app import free_port
+from tests.test_app import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = str(DEFAULT_CHECKPOINT)
@@ -337,16 +337,7 @@ def classroom_server(tmp_path_factory):
         env={**os.environ, "DPMPP_TEACHER_TOKEN": TOKEN},
     )
     url = f"http://127.0.0.1:{port}/"
-    from urllib.request import urlopen
-
-    for _ in range(180):
-        try:
-            urlopen(url, timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None:
-                raise RuntimeError(log.read_text()[-3000:]) from None
-            time.sleep(1)
+    wait_until_up(url, process, log.read_text)
     yield url, checkpoints
     process.terminate()
     process.wait(timeout=30)
