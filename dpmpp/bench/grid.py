@@ -128,8 +128,12 @@ def run(grid: Grid, seeds: list[int], out: Path, jobs: int = 1, rows: list[str] 
     an interrupted grid leaves whole seeds, which pair."""
     for name in grid.peers:
         score_peer(grid, name, out)
-    per_query = grid.folders(out)[1] / grid.evaluate[-1]
-    todo = [(r, s) for s in seeds for r in rows or grid.rows if not (per_query / f"{run_name(r, s)}.csv").exists()]
+    per_query = grid.folders(out)[1]
+
+    def finished(row: str, seed: int) -> bool:  # scored on every benchmark of the grid
+        return all((per_query / dataset / f"{run_name(row, seed)}.csv").exists() for dataset in grid.evaluate)
+
+    todo = [(r, s) for s in seeds for r in rows or grid.rows if not finished(r, s)]
     if jobs <= 1:
         for row, seed in todo:
             train_and_score(grid, row, seed, out)

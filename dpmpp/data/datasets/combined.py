@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dpmpp.data.datasets import register, require_dirs
-from dpmpp.data.datasets.cuhk01 import load_cuhk01_occ, load_cuhk01_occ_val
+from dpmpp.data.datasets.cuhk01 import build_split
 from dpmpp.data.datasets.pets09 import load_pets09_occ
 from dpmpp.data.records import ReIDRecord, Split
 
@@ -22,7 +22,7 @@ PETS09_CAMID_OFFSET = 100  # CUHK01 cameras are 0 and 1
 
 def _combined(root: Path, split: int, validation: bool, name: str) -> Split:
     require_dirs(name, root, ["cuhk01", "pets09_occ"])
-    cuhk = (load_cuhk01_occ_val if validation else load_cuhk01_occ)(root / "cuhk01", split=split)
+    cuhk = build_split(root / "cuhk01", split, validation=validation, occluded=True)
     pets = load_pets09_occ(root / "pets09_occ")
     renumbered = [
         ReIDRecord(r.path, r.pid + PETS09_PID_OFFSET, r.camid + PETS09_CAMID_OFFSET, {**r.meta, "source": "pets09"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,21 +120,14 @@ def _occluded(record: ReIDRecord, occlusion: dict) -> ReIDRecord:
     return ReIDRecord(occlusion["path"], record.pid, record.camid, meta)
 
 
-@register("cuhk01")
-def load_cuhk01(root: Path, split: int = 0) -> Split:
-    return _build(root, split, validation=False, occluded=False, name="cuhk01")
+def build_split(root: Path, split: int = 0, validation: bool = False, occluded: bool = False) -> Split:
+    """The split of one of the four protocols: test or validation identities, clean or occluded queries."""
+    name = "cuhk01" + ("_occ" if occluded else "") + ("_val" if validation else "")
+    return _build(root, split, validation, occluded, name)
 
 
-@register("cuhk01_occ")
-def load_cuhk01_occ(root: Path, split: int = 0) -> Split:
-    return _build(root, split, validation=False, occluded=True, name="cuhk01_occ")
-
-
-@register("cuhk01_val")
-def load_cuhk01_val(root: Path, split: int = 0) -> Split:
-    return _build(root, split, validation=True, occluded=False, name="cuhk01_val")
-
-
-@register("cuhk01_occ_val")
-def load_cuhk01_occ_val(root: Path, split: int = 0) -> Split:
-    return _build(root, split, validation=True, occluded=True, name="cuhk01_occ_val")
+for _held_out in (False, True):  # module-level names: none may shadow a function above
+    for _with_occluders in (False, True):
+        register("cuhk01" + ("_occ" if _with_occluders else "") + ("_val" if _held_out else ""))(
+            partial(build_split, validation=_held_out, occluded=_with_occluders)
+        )
