@@ -724,9 +724,12 @@ def umap_select(checkpoint: str, value: dict | None):
         rows = list(dict.fromkeys(int(r) for r in (event.get("points") or []) if 0 <= int(r) < count))
         persons = np.unique(points.pid[rows], return_counts=True) if rows else ([], [])
         counts = ", ".join(f"person {p}: {c}" for p, c in zip(*persons))
-        items = [x for x in (item(r) for r in rows[:60]) if x is not None]
-        shown = f" (showing the first {len(items)})" if len(rows) > 60 else ""
-        return items, f"{len(rows)} points selected{shown}. {counts}"
+        pictured = [r for r in rows if points.paths[r]]  # prototypes have no image
+        items = [item(r) for r in pictured[:60]]
+        shown = f" (showing the first {len(items)})" if len(pictured) > 60 else ""
+        unpictured = len(rows) - len(pictured)
+        without = f"; {unpictured} are prototypes, which have no image" if unpictured else ""
+        return items, f"{len(rows)} points selected{shown}{without}. {counts}"
     raise gr.Error("Click a point, or select points with the lasso or box tool.")
 
 

@@ -40,3 +40,17 @@ def test_what_a_peer_cannot_show_is_refused_with_a_reason():
     with pytest.raises(gr.Error, match="Grad-CAM needs a DPM\\+\\+ checkpoint"):
         app.explain(PEER, view)
     assert "zero-shot" in app.model_card(PEER) and "openvino" in app.model_card(PEER)
+
+
+def test_a_selection_of_prototypes_says_they_have_no_image():
+    from dpmpp.paths import DEFAULT_CHECKPOINT
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    kinds = list(app.prototype_map_for(checkpoint).kind)
+    prototypes = [i for i, kind in enumerate(kinds) if kind == "prototype"][:80]
+    gallery = [i for i, kind in enumerate(kinds) if kind == "gallery"][:5]
+    items, note = app.umap_select(checkpoint, {"event": {"type": "select", "points": prototypes + gallery}})
+    assert len(items) == 5 and all(path for path, _ in items)
+    assert note.startswith(
+        f"{len(prototypes) + 5} points selected; {len(prototypes)} are prototypes, which have no image"
+    )
