@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from dpmpp.data.images import load_image
-from dpmpp.data.patch_transfer import compose, occlusion_iou, patch_fraction, pixel_region
+from dpmpp.data.patch_transfer import SaliencyPatchTransfer, patch_fraction
 from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
@@ -138,46 +139,33 @@ class Pipeline:
             raise ValueError("transfer() needs at least one partner candidate")
         if partner_index is not None and not 0 <= partner_index < len(candidates):
             raise IndexError(f"partner_index {partner_index} outside 0..{len(candidates) - 1}")
-        threshold = self.config.aug.saliency_threshold if threshold is None else threshold
+        aug = self.config.aug
+        if threshold is not None:
+            aug = dataclasses.replace(aug, saliency_threshold=threshold)
+        spt = SaliencyPatchTransfer.from_config(aug, True, tuple(self.model.encoder.patch_size))
         if candidate_saliency is None:
             candidate_saliency = self.saliency(candidates)
         anchor_image = self.preprocess([anchor])
         with torch.no_grad():
             anchor_saliency = self.model.saliency(anchor_image.to(self.device)).float().cpu()
         saliency = torch.cat([anchor_saliency, torch.as_tensor(candidate_saliency, dtype=torch.float32)])
-        masks = saliency > threshold
-        scores = occlusion_iou(masks)[0, :, 1:]  # [shifts, candidates] for the anchor
-        allowed = scores.clone()
-        if partner_index is not None:
-            allowed[:, [i for i in range(len(candidates)) if i != partner_index]] = -1
-        aug = self.config.aug
-        if shift is not None:
-            allowed[[r for r in range(scores.shape[0]) if r != shift % scores.shape[0]], :] = -1
-        elif aug.max_shift is not None:  # the shifts the model was trained with
-            width = scores.shape[0]
-            allowed[[r for r in range(width) if min(r, width - r) > aug.max_shift], :] = -1
-        chosen_shift, chosen = divmod(int(allowed.flatten().argmax()), scores.shape[1])
+        masks = spt.binarise(saliency)
+        chosen, chosen_shift, oiou = spt.best_partner(masks, partner_index, shift)
         pair = torch.cat([anchor_image, self.preprocess([candidates[chosen]])])  # [anchor, partner]
-        partner, mixed = torch.tensor([1, -1]), torch.tensor([True, False])
-        patch = tuple(self.model.encoder.patch_size)
-        shifts = torch.tensor([chosen_shift, 0])
-        region = pixel_region(
-            masks[[0, chosen + 1]], partner, mixed, pair.shape[-2:], patch, shifts, aug.transfer_region
-        )
-        mixed_images = compose(pair, partner, shifts, region, patch)
+        mixed_image, region = spt.mix_pair(pair, masks[[0, chosen + 1]], chosen_shift)
         return TransferView(
-            image=_to_uint8(mixed_images[0]),
+            image=_to_uint8(mixed_image),
             anchor=_to_uint8(pair[0]),
             partner=_to_uint8(pair[1]),
             anchor_saliency=saliency[0].numpy(),
             partner_saliency=saliency[chosen + 1].numpy(),
             anchor_mask=masks[0].numpy(),
             partner_mask=masks[chosen + 1].numpy(),
-            region=region[0].numpy(),
+            region=region.numpy(),
             partner_index=chosen,
             shift=chosen_shift,
-            oiou=float(scores[chosen_shift, chosen]),
-            occluded_fraction=float(region[0].float().mean()),
+            oiou=oiou,
+            occluded_fraction=float(region.float().mean()),
         )
 
     def explain(self, image, pid: int | None = None, use_mask: bool = True) -> Explanation:

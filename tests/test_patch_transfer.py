@@ -121,3 +121,30 @@ def test_anchor_person_region_keeps_the_anchors_background_and_occluders():
         assert torch.equal(kept.images[i][:, outside], rolled[:, outside])  # background and occluders stay
     with pytest.raises(ValueError, match="transfer region"):
         make(1.0, region="everything")
+
+
+def test_best_partner_is_the_top_allowed_pair_and_honours_overrides():
+    """The single-anchor choice the facade's `transfer` uses: the same oIoU and max-shift rule as training."""
+    _, saliency, _ = batch(b=7)
+    masks = saliency > 0.5
+    scores = occlusion_iou(masks)[0, :, 1:]  # [4 shifts, 6 candidates]
+    partner, shift, oiou = make(1.0).best_partner(masks)
+    assert oiou == pytest.approx(float(scores.max())) and scores[shift, partner] == scores.max()
+    partner, shift, oiou = make(1.0, max_shift=0).best_partner(masks)
+    assert shift == 0 and oiou == pytest.approx(float(scores[0].max()))
+    partner, shift, oiou = make(1.0, max_shift=0).best_partner(masks, partner=2, shift=3)  # overrides win
+    assert (partner, shift) == (2, 3) and oiou == pytest.approx(float(scores[3, 2]))
+    partner, shift, _ = make(1.0).best_partner(masks, partner=4)
+    assert partner == 4 and scores[shift, 4] == scores[:, 4].max()
+    with pytest.raises(IndexError):
+        make(1.0).best_partner(masks, partner=6)
+
+
+def test_mix_pair_takes_the_partners_occluding_patches_and_rolls_the_rest():
+    images, saliency, _ = batch(b=2)
+    masks = saliency > 0.5
+    mixed, region = make(1.0).mix_pair(images, masks, shift=1)
+    assert region.shape == (64, 32) and region.any() and (~region).any()
+    assert torch.equal(mixed[:, region], images[1][:, region])
+    rolled = torch.roll(images[0], 8, dims=2)  # one patch column
+    assert torch.equal(mixed[:, ~region], rolled[:, ~region])

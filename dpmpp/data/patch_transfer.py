@@ -161,6 +161,40 @@ class SaliencyPatchTransfer:
             region.to(images.device),
         )
 
+    def allowed_shifts(self, grid_w: int) -> torch.Tensor:
+        """[grid_w] bool: the circular horizontal shifts (in patch columns) this transfer may use."""
+        if self.max_shift is None:
+            return torch.ones(grid_w, dtype=torch.bool)
+        shifts = torch.arange(grid_w)
+        return torch.minimum(shifts, grid_w - shifts) <= self.max_shift
+
+    def best_partner(
+        self, masks: torch.Tensor, partner: int | None = None, shift: int | None = None
+    ) -> tuple[int, int, float]:
+        """(candidate, shift, oIoU) for the anchor `masks[0]` against the candidates `masks[1:]`: the allowed pair with
+        the highest occlusion-aware IoU (deterministic: the best pair rather than a draw from the top fraction).
+        `partner` fixes the candidate; `shift` fixes the shift (and then overrides the max-shift rule)."""
+        scores = occlusion_iou(masks)[0, :, 1:]  # [shifts, candidates]
+        grid_w, count = scores.shape
+        if partner is not None and not 0 <= partner < count:
+            raise IndexError(f"partner {partner} outside 0..{count - 1}")
+        allowed = torch.zeros_like(scores, dtype=torch.bool)
+        if shift is not None:
+            allowed[shift % grid_w] = True
+        else:
+            allowed[self.allowed_shifts(grid_w)] = True
+        if partner is not None:
+            allowed[:, [i for i in range(count) if i != partner]] = False
+        chosen_shift, chosen = divmod(int(scores.masked_fill(~allowed, -1.0).flatten().argmax()), count)
+        return chosen, chosen_shift, float(scores[chosen_shift, chosen])
+
+    def mix_pair(self, pair: torch.Tensor, masks: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pair` = [anchor, partner] images [2, 3, H, W] with their person masks [2, h, w]: the anchor carrying the
+        partner's occlusion at `shift`, and the [H, W] region taken from the partner."""
+        partner, mixed, shifts = torch.tensor([1, -1]), torch.tensor([True, False]), torch.tensor([shift, 0])
+        region = pixel_region(masks, partner, mixed, pair.shape[-2:], self.patch_size, shifts, self.region)
+        return compose(pair, partner, shifts, region, self.patch_size)[0], region[0]
+
     def _choose(self, masks: torch.Tensor, b: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(partner, shift, oiou) per anchor, all [B]."""
         if not self.pairing:
@@ -169,11 +203,8 @@ class SaliencyPatchTransfer:
             return partner, torch.zeros(b, dtype=torch.long), occlusion_iou(masks)[torch.arange(b), 0, partner]
         scores = occlusion_iou(masks)  # [B, w, B]
         scores[torch.arange(b), :, torch.arange(b)] = -1.0  # never pair with oneself
-        shifts = torch.arange(grid_w)
-        allowed = torch.ones(grid_w, dtype=torch.bool)
-        if self.max_shift is not None:  # circular distance of each shift from 0, in patch columns
-            allowed = torch.minimum(shifts, grid_w - shifts) <= self.max_shift
-            scores[:, ~allowed, :] = -1.0
+        allowed = self.allowed_shifts(grid_w)
+        scores[:, ~allowed, :] = -1.0
         flat = scores.flatten(1)  # [B, w*B], index = r * B + j
         k = max(1, math.ceil(self.top_fraction * int(allowed.sum()) * (b - 1)))
         top_scores, top_index = flat.topk(k, dim=1)
