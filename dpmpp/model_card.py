@@ -32,6 +32,9 @@ def model_card_markdown(checkpoint: str | Path) -> str:
         f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
         f", class-ignoring {_class_ignoring(config.aug.class_ignoring)}",
     ]
+    stopped = metrics.get("stopped_early")
+    if stopped:
+        lines.append(f"- **stopped early** at {stopped['stopped_at']}; the weights were saved at {stopped['saved']}")
     if config.loss.distill_weight > 0:
         lines.append(
             f"- distilled from `{config.loss.distill_teacher}` (its features of the clean training crops; weight "

@@ -258,7 +258,7 @@ def test_client_trains_with_progress_and_lists_the_result(server):
     with pytest.raises(Exception, match="already running"):
         client.predict("pets09_occ", "", "tiny", 1, "second", [], api_name="/train")
     seen_progress = False
-    for _ in range(600):
+    for _ in range(1800):  # the training runs niced on one thread: on a busy machine it takes many minutes
         text, plot, _ = client.predict(api_name="/train_status")
         seen_progress |= "stage" in text and "images/s" in text
         if "finished" in text or "failed" in text:

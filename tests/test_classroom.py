@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -213,16 +212,7 @@ def test_checkpoint_folder_quota_stops_uploads_and_trainings(classroom, monkeypa
 @pytest.fixture
 def endless_training(monkeypatch, tmp_path):
     """A training that runs until it is told to stop."""
-    import dpmpp.engine.train
-    from dpmpp.engine.loop import TrainingStopped
-
-    def train(config, out_dir, callback=None, should_stop=None):
-        while not should_stop():
-            time.sleep(0.01)
-        raise TrainingStopped()
-
-    monkeypatch.setattr(dpmpp.engine.train, "train", train)
-    monkeypatch.setattr(app, "JOBS", TrainingJobs())
+    monkeypatch.setattr(app, "JOBS", TrainingJobs("tests.training_fakes:endless"))
     monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", tmp_path)
     monkeypatch.setitem(app.SETTINGS, "teacher_token", TOKEN)
     yield app.JOBS
