@@ -377,7 +377,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-epochs", type=int, default=200, help="its stage-2 epochs; stopped at the end (200)")
     parser.add_argument("--port", type=int, default=None, help="the app's port (default: a free one)")
     parser.add_argument("--keep", default=None, help="run in this folder and keep it (log, checkpoints, uploads)")
-    parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument("--out", default=None, help="also write the result as JSON here")
 
 
 def main(args) -> int:
@@ -392,8 +392,8 @@ def main(args) -> int:
         port=args.port,
         keep=args.keep,
     )
-    if args.json:
-        Path(args.json).write_text(result.to_json())
+    if args.out:
+        Path(args.out).write_text(result.to_json())
     print(format_table(result))
     return 0
 
