@@ -327,8 +327,9 @@ def cmd_eval(args) -> int:
 def record_final(folder: Path, dataset: str, mode: str, summary: dict) -> None:
     """Add an evaluation to the checkpoint's metrics.json ("final" -> dataset -> mode), atomically."""
     from dpmpp.atomic import write_json
+    from dpmpp.engine.checkpoint import METRICS
 
-    path = folder / "metrics.json"
+    path = folder / METRICS
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics.setdefault("final", {}).setdefault(dataset, {})[mode] = summary
     write_json(path, metrics)
@@ -415,149 +416,6 @@ def cmd_embed(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    if args.what == "masks":
-        from dpmpp.bench.masks import analyse, format_report, save_figure
-        from dpmpp.data.datasets import load_split
-        from dpmpp.explorer import BenchmarkExplorer
-
-        pipeline = _pipeline(args.checkpoint, args.device)
-        if not pipeline.has_mask:
-            raise UsageError(f"bench masks needs a checkpoint with a mask generator; {pipeline.folder} has none")
-        with _counting(pipeline, args, "bench masks", None):
-            result = analyse(BenchmarkExplorer(load_split("pets09_occ", default_root("pets09_occ")), pipeline))
-        out = Path(args.out or "bench/results")
-        out.mkdir(parents=True, exist_ok=True)
-        save_figure(result, out / "masks.png")
-        result["table"].to_csv(out / "masks_per_query.csv", index=False)
-        print(format_report(result))
-        print(f"figure: {out / 'masks.png'}")
-        return 0
-    if args.what == "accuracy":
-        from dpmpp.bench.accuracy import DIAGNOSTIC, MASK_OFF, TRAINED, paired_table, run, summary_table
-
-        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 15)
-        seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-        methods = args.methods or (["DPM++ full"] if args.quick else [m for m in TRAINED if m not in DIAGNOSTIC])
-        unknown = [m for m in methods if m not in TRAINED]
-        if unknown:
-            raise UsageError(f"unknown --methods {unknown}; expected some of {list(TRAINED)}")
-        out = Path(args.out or ("bench/results/accuracy_quick.csv" if args.quick else "bench/results/accuracy.csv"))
-        with _activity(args, "bench accuracy"):
-            rows = run(out, seeds, epochs, methods, args.jobs, args.device)
-        print(f"results: {out}")
-        print(summary_table(rows))
-        print()
-        print(paired_table(rows))
-        print()
-        print(paired_table([r for r in rows if r["method"] in ("DPM++ full", MASK_OFF)], MASK_OFF))
-        return 0
-    if args.what == "grads":
-        from dpmpp.bench.grads import DEFAULT_ROW, format_table, record
-
-        methods = args.methods or [DEFAULT_ROW]
-        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
-        for method in methods:
-            for seed in args.seeds or [0]:
-                try:
-                    with _activity(args, f"bench grads {method}, seed {seed}"):
-                        steps = record(method, epochs, seed, args.device)
-                except ValueError as error:
-                    raise UsageError(str(error)) from None
-                print(format_table(steps))
-        return 0
-    if args.what == "transfer":
-        from dpmpp.bench.transfer import format_report, measure
-
-        epochs = args.epochs if args.epochs is not None else (1 if args.quick else 3)
-        with _activity(args, "bench transfer"):
-            results = [measure(epochs, nearer) for nearer in (False, True)]
-        print(f"patch transfer on pets09_occ training batches, {epochs} epochs, tiny preset")
-        print(json.dumps(results) if args.json else format_report(results))
-        return 0
-    if args.what == "zeroshot":
-        from dpmpp.bench.zeroshot import NUM_SPLITS, format_table, run
-
-        out = Path(args.out or "bench/results/zeroshot.csv")
-        with _activity(args, "bench zeroshot"):
-            rows = run(out, NUM_SPLITS if args.splits is None else args.splits)
-        print(f"results: {out}")
-        print(format_table(rows))
-        return 0
-    if args.what == "proximity":
-        from dpmpp.bench.proximity import DEFAULT_PEERS, format_gains, format_table, run
-        from dpmpp.model.peers import PEERS
-        from dpmpp.paths import DEFAULT_CHECKPOINT
-
-        checkpoints, peers = getattr(args, "checkpoints", None) or [], args.peer or []
-        if not checkpoints and not peers:
-            checkpoints, peers = [DEFAULT_CHECKPOINT], list(DEFAULT_PEERS)
-        unknown = [peer for peer in peers if peer not in PEERS]
-        if unknown:
-            raise UsageError(f"unknown --peer {', '.join(unknown)}; known: {', '.join(PEERS)}")
-        with _activity(args, "bench proximity"):
-            summary, per_query, gains = run(checkpoints, peers, args.device, args.out)
-        if args.out:
-            print(f"results: {args.out}")
-        print(format_table(summary, per_query))
-        if len(gains):
-            print()
-            print(format_gains(gains))
-        return 0
-    if args.what == "grid":
-        from dpmpp.bench import grid as grids
-
-        if not args.grid:
-            raise UsageError("bench grid needs --grid FILE (e.g. bench/grids/cuhk01.json)")
-        grid = grids.Grid.load(args.grid)
-        out = Path(args.out or "bench/results")
-        with _activity(args, f"bench grid {grid.name}"):
-            if not args.summary_only:
-                grids.run(grid, args.seeds or [0, 1, 2], out, args.jobs, args.methods)
-            data = grids.load_results(grid, out)
-        print(grids.summary_table(data, grid.evaluate))
-        for dataset in grid.evaluate:
-            print()
-            print(grids.paired_table(data, grid.reference, dataset))
-        return 0
-    if args.what == "events":
-        from dpmpp.bench.accuracy import fill_per_query
-        from dpmpp.bench.events import event_table, load_per_query, occluder_bins_table, occluder_table
-
-        out = Path(args.out or "bench/results/accuracy.csv")
-        with _activity(args, "bench events"):
-            per_query = load_per_query(fill_per_query(out, args.device))
-        if not per_query:
-            raise UsageError(f"no per-query results for {out}: run `python -m dpmpp bench accuracy --out {out}` first")
-        reference = args.reference or "DPM++ full"
-        print(f"per-query results: {len(per_query)} (row, seed) pairs")
-        print(event_table(per_query, reference, mask_off_of="DPM++ full"))
-        print()
-        print("Queries hidden behind another person: does the top match find the person, or the occluder?")
-        print(occluder_table(per_query, mask_off_of="DPM++ full"))
-        print()
-        print(occluder_bins_table(per_query, reference))
-        return 0
-    from dpmpp.atomic import write_json
-    from dpmpp.bench.speed import format_tables, run
-    from dpmpp.engine.distributed import pick_device
-
-    with _activity(args, "bench speed"):
-        results = run(args.quick, pick_device(args.device))
-    if args.out:
-        write_json(args.out, results)
-    print(json.dumps(results) if args.json else format_tables(results))
-    return 0
-
-
-class _Repeatable(argparse.Action):
-    """A plain option (the last value wins) that also keeps every value given, in order, under `<dest>s`."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        setattr(namespace, self.dest, values)
-        setattr(namespace, f"{self.dest}s", [*(getattr(namespace, f"{self.dest}s", None) or []), values])
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpmpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -615,49 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=cmd_embed)
 
-    bench = commands.add_parser("bench", help="benchmarks that print tables")
-    bench.add_argument(
-        "what",
-        choices=["speed", "accuracy", "masks", "events", "grads", "transfer", "proximity", "zeroshot", "grid"],
-        help="which benchmark",
-    )
-    bench.add_argument(
-        "--checkpoint",
-        default=None,
-        action=_Repeatable,
-        help="masks: the checkpoint to analyse (default: bundled); proximity: a checkpoint to score (repeatable)",
-    )
-    bench.add_argument("--seeds", type=int, nargs="+", default=None, help="accuracy, grads: seeds of each trained row")
-    bench.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help="accuracy: stage-2 epochs of every trained row; grads, transfer: epochs recorded",
-    )
-    bench.add_argument("--jobs", type=int, default=1, help="accuracy: rows trained at once (processes)")
-    bench.add_argument("--methods", nargs="+", default=None, help="accuracy, grads: only these trained rows (by name)")
-    bench.add_argument("--quick", action="store_true", help="small sizes only (a couple of minutes on a CPU)")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument(
-        "--out",
-        default=None,
-        help="speed: also write JSON here; accuracy: the CSV to fill; events: the CSV to read; "
-        "zeroshot: the CSV to write",
-    )
-    bench.add_argument(
-        "--peer",
-        action="append",
-        default=None,
-        help="proximity: a pretrained peer to score (repeatable); with neither --checkpoint nor --peer, the bundled "
-        "checkpoint, omz-0277 and osnet-x0.25-msmt17; --out: the CSV to write",
-    )
-    bench.add_argument("--reference", default=None, help="events: the row others are compared with (DPM++ full)")
-    bench.add_argument("--grid", default=None, help="grid: the grid file (bench/grids/*.json)")
-    bench.add_argument("--summary-only", action="store_true", help="grid: print the tables of the runs so far")
-    bench.add_argument("--splits", type=int, default=None, help="zeroshot: the first N random CUHK01 splits (10)")
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--quiet", action="store_true", help="no progress line")
-    bench.set_defaults(func=cmd_bench)
+    from dpmpp.bench.cli import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

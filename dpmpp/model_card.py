@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dpmpp.engine.checkpoint import read_config, weights_hash
+from dpmpp.engine.checkpoint import METRICS, read_config, weights_hash
 
 
 def model_card_markdown(checkpoint: str | Path) -> str:
     """A model card in Markdown: preset, training data and time, weights hash, switches, final metrics."""
     config, meta = read_config(checkpoint)
-    metrics_path = Path(checkpoint) / "metrics.json"
+    metrics_path = Path(checkpoint) / METRICS
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     model = config.model
     encoder = (

@@ -1,5 +1,7 @@
 """The accuracy table's summaries: mean ± std over seeds, differences paired by seed, occlusion events."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -69,8 +71,9 @@ def test_the_table_trains_follow_up_rows_only_when_named_and_resumes(tmp_path, m
 
 
 def test_the_long_peer_row_trains_ten_times_the_epochs_and_records_them(tmp_path, monkeypatch):
-    from dpmpp.bench.peers import OSNET
-
+    OSNET = "torchreid OSNet-x0.25 (from scratch)"
+    OSNET_LONG = f"{OSNET}, 10× the epochs"
+    assert accuracy.TRAINED[OSNET] is accuracy.TRAINED[OSNET_LONG] is None  # the peer's own trainer
     asked = []
 
     def fake_osnet(config, seed, epochs, device=None):
@@ -81,10 +84,10 @@ def test_the_long_peer_row_trains_ten_times_the_epochs_and_records_them(tmp_path
     monkeypatch.setattr(accuracy, "train_osnet", fake_osnet)
     monkeypatch.setattr(accuracy, "_evaluate_features", lambda extract: dict.fromkeys(accuracy.SPLITS, metrics))
     short = accuracy.trained_rows(OSNET, 0, 3, tmp_path, device="cpu")
-    long = accuracy.trained_rows(accuracy.OSNET_LONG, 0, 3, tmp_path, device="cpu")
+    long = accuracy.trained_rows(OSNET_LONG, 0, 3, tmp_path, device="cpu")
     assert asked == [3, 30]
     assert [short[0]["epochs"], long[0]["epochs"]] == [3, 30]
-    assert accuracy.OSNET_LONG in DIAGNOSTIC  # the table's budget stays the same for every default row
+    assert OSNET_LONG in DIAGNOSTIC  # the table's budget stays the same for every default row
 
 
 def test_partial_spearman_removes_a_shared_cause():
@@ -285,3 +288,20 @@ def test_zeroshot_writes_a_tidy_csv_and_per_query_results_and_a_peer_beats_the_f
     assert not (tmp_path / "zeroshot_per_query" / "cuhk01_split1").exists()
     table = format_table(rows)
     assert "| OMZ person-reid-retail-0288 | " in table and "mean ± std over 2 random splits" in table
+
+
+def test_the_rows_file_is_checked_row_by_row(tmp_path):
+    """The table's rows are data (bench/rows/pets09.json); a malformed row is named."""
+    preset, trained, follow_up, factor = accuracy.load_rows()
+    assert preset == "tiny" and trained["DPM++ full"] == [] and "DPM++ full" not in follow_up
+    assert trained["DPM++ without patch transfer"] == ["aug.patch_transfer=false"]
+    assert set(factor) <= follow_up <= set(trained)
+    for bad, message in (
+        ({"preset": "tiny", "rows": [{"name": "x"}]}, "either 'overrides' or 'trainer'"),
+        ({"preset": "tiny", "rows": [{"name": "x", "trainer": "mine"}]}, "expected one of"),
+        ({"rows": []}, "'preset' and 'rows'"),
+    ):
+        path = tmp_path / "rows.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            accuracy.load_rows(path)

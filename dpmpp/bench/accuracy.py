@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import logging
 import multiprocessing
 import os
@@ -21,11 +22,11 @@ import torch
 
 from dpmpp.atomic import write_text
 from dpmpp.bench.events import checkpoint_per_query
-from dpmpp.bench.peers import OSNET, train_osnet
+from dpmpp.bench.peers import train_osnet
 from dpmpp.config import Config, apply_overrides, load_preset
 from dpmpp.data.datasets import load_split
 from dpmpp.data.images import load_image
-from dpmpp.paths import ASSETS
+from dpmpp.paths import ASSETS, PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 SPLITS = ("pets09_occ", "pets09_holistic")
@@ -34,83 +35,35 @@ COLUMNS = (
     + [f"{s}_{m}" for s in ("occ", "holistic") for m in ("rank1", "mAP", "mINP")]
     + ["train_seconds", "device"]
 )
-NO_SALIENCY = ["model.saliency_head=false", "aug.patch_transfer=false", "loss.orth_weight=0"]
-# Trained rows: config overrides on the tiny preset. The "mask off" row re-evaluates the full model's checkpoint.
-# None: a peer's own training code (dpmpp/bench/peers.py) on the same batches, input size and epochs.
-# Follow-up rows of DPM++ full trained before aug.class_ignoring became "auto" keep SPT's class-ignoring, as
-# they were trained: compare them with "DPM++ full, class-ignoring always on (SPT)".
-CI_ON = "aug.class_ignoring=true"
-OSNET_LONG = f"{OSNET}, 10× the epochs"
-# Rows trained for a multiple of the table's epochs. OSNet-x0.25 runs an epoch about ten times faster than the tiny
-# CLIP rows on a CPU, so at ten times the epochs it gets about the same training time (its paper trains from
-# scratch for hundreds of epochs).
-EPOCH_FACTOR = {OSNET_LONG: 10}
-TRAINED = {
-    OSNET: None,
-    OSNET_LONG: None,
-    "ID + triplet (our backbone)": [
-        "model.use_mask=false",
-        "model.use_text_stage=false",
-        "loss.arcface_weight=0",
-        *NO_SALIENCY,
-    ],
-    "CLIP-ReID two stages, no mask": ["model.use_mask=false", "model.use_text_stage=true", *NO_SALIENCY],
-    "DPM (mask, no text stage)": [
-        "model.use_text_stage=false",
-        "model.prototype_init=random",
-        "model.saliency_head=false",
-        "aug.patch_transfer=false",
-    ],
-    "DPM++ without patch transfer": ["aug.patch_transfer=false"],
-    "DPM++ without pairing / class-ignoring": ["aug.occlusion_pairing=false", "aug.class_ignoring=false"],
-    "DPM++ full": [],
-    # SPT's class-ignoring whatever guides the transfer (the default before aug.class_ignoring became "auto").
-    "DPM++ full, class-ignoring always on (SPT)": [CI_ON],
-    # Where person silhouettes guide the transfer (pets09_occ), this trains exactly as DPM++ full does.
-    "DPM++ without class-ignoring": ["aug.class_ignoring=false"],
-    # SPT's own recipe: the unsupervised saliency head guides the transfer (it learns the background here).
-    "DPM++ full, transfer guided by the saliency head": ["aug.saliency_source=head", "loss.saliency_person_weight=0"],
-    "DPM++ full + masked pair loss (R)": ["loss.masked_pair_weight=1"],
-    # Person masks with nearer persons' boxes cut out, so that person-on-person occlusion is transferred too.
-    "DPM++ full, nearer persons transferred as occluders": ["aug.nearer_persons_occlude=true", CI_ON],
-    # The anchor is never shifted: a circular shift wraps part of the person around the crop's edge.
-    "DPM++ full, anchor not shifted": ["aug.max_shift=0", CI_ON],
-    # Only the anchor's own person patches receive the partner's pixels: a real occluder of the anchor stays.
-    "DPM++ full, transfer onto the anchor's person only": ["aug.transfer_region=anchor_person", CI_ON],
-    # Half the dose of synthetic occlusion: does the cost of patch transfer scale with how often it is applied?
-    "DPM++ full, transfer probability 0.25": ["aug.transfer_prob=0.25", CI_ON],
-    # The text features share one direction (mean pairwise cosine about 0.5); W starts without it.
-    "DPM++ full, prototypes from centred text": ["model.prototype_init=text_centred", CI_ON],
-    # W starts random; the text stage still supervises p through the image-to-text loss.
-    "DPM++ full, prototypes not from text": ["model.prototype_init=random", CI_ON],
-    # No stage 1, no image-to-text loss, W random: DPM plus patch transfer and the supervised saliency head.
-    "DPM++ without the text stage": ["model.use_text_stage=false", "model.prototype_init=random", CI_ON],
-    # Before train.clip_saliency_apart: the saliency head's gradients counted in the one global norm.
-    "DPM++ full, saliency head in the global norm": ["train.clip_saliency_apart=false", CI_ON],
-    # DPM plus the saliency head alone, in the global norm (clipped apart it is DPM exactly, see the tests).
-    "DPM with the saliency head in the global norm": [
-        "model.use_text_stage=false",
-        "model.prototype_init=random",
-        "aug.patch_transfer=false",
-        "train.clip_saliency_apart=false",
-    ],
-}
-# Follow-up rows that test one explanation each: trained only when named with --methods.
-DIAGNOSTIC = {
-    OSNET_LONG,
-    "DPM++ full, transfer guided by the saliency head",
-    "DPM++ full, class-ignoring always on (SPT)",
-    "DPM++ without class-ignoring",
-    "DPM++ full, nearer persons transferred as occluders",
-    "DPM++ full, anchor not shifted",
-    "DPM++ full, transfer onto the anchor's person only",
-    "DPM++ full, transfer probability 0.25",
-    "DPM++ full, prototypes from centred text",
-    "DPM++ full, prototypes not from text",
-    "DPM++ without the text stage",
-    "DPM++ full, saliency head in the global norm",
-    "DPM with the saliency head in the global norm",
-}
+ROWS_FILE = PROJECT_ROOT / "bench" / "rows" / "pets09.json"  # the rows, their overrides and notes, as data
+TRAINERS = {"torchreid-osnet"}  # peers trained by their own code (dpmpp/bench/peers.py), not by a preset
+
+
+def load_rows(path: Path = ROWS_FILE) -> tuple[str, dict[str, list[str] | None], set[str], dict[str, int]]:
+    """(preset, {row: overrides, or None for a peer's own trainer}, follow-up rows, {row: epoch factor}) of a rows
+    file (bench/rows/*.json); ValueError naming the row when one is malformed."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        preset, entries = doc["preset"], doc["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: expected a JSON object with 'preset' and 'rows' ({error})") from error
+    trained, follow_up, factor = {}, set(), {}
+    for entry in entries:
+        name = entry.get("name")
+        overrides, trainer = entry.get("overrides"), entry.get("trainer")
+        if not isinstance(name, str) or name in trained or (overrides is None) == (trainer is None):
+            raise ValueError(f"{path}: row {name!r} needs a unique name and either 'overrides' or 'trainer'")
+        if trainer is not None and trainer not in TRAINERS:
+            raise ValueError(f"{path}: row {name!r} has trainer {trainer!r}; expected one of {sorted(TRAINERS)}")
+        trained[name] = None if trainer else [str(o) for o in overrides]
+        if entry.get("follow_up"):
+            follow_up.add(name)
+        if "epoch_factor" in entry:
+            factor[name] = int(entry["epoch_factor"])
+    return preset, trained, follow_up, factor
+
+
+PRESET, TRAINED, DIAGNOSTIC, EPOCH_FACTOR = load_rows()
 MASK_OFF = "DPM++ full, test-time mask off"
 
 
@@ -237,10 +190,10 @@ def trained_rows(
     name = device_name(where)
     epochs *= EPOCH_FACTOR.get(method, 1)
     if TRAINED[method] is None:
-        extract, seconds = train_osnet(load_preset("tiny"), seed, epochs, where)
+        extract, seconds = train_osnet(load_preset(PRESET), seed, epochs, where)
         results = _evaluate_features(extract)
         return [_row(method, seed, epochs, results["pets09_occ"], results["pets09_holistic"], seconds, name)]
-    config: Config = apply_overrides(load_preset("tiny"), list(TRAINED[method]))
+    config: Config = apply_overrides(load_preset(PRESET), list(TRAINED[method]))
     config.train.seed, config.train.epochs, config.train.eval_every = seed, epochs, 0
     folder = out_dir / run_name(method, seed)
     started = time.perf_counter()

@@ -11,6 +11,7 @@ left out.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def paired_bootstrap(
     `hierarchical_bootstrap`).
     """
     row, reference = _check_pair(row, reference, events)
-    diff = np.nanmean(row - reference, axis=0, keepdims=True)  # [1, Q] seed-averaged paired difference
+    with warnings.catch_warnings():  # a query no seed scored stays NaN ("mean of empty slice")
+        warnings.simplefilter("ignore", RuntimeWarning)
+        diff = np.nanmean(row - reference, axis=0, keepdims=True)  # [1, Q] seed-averaged paired difference
     numerator, denominator = (table[0] for table in _event_sums(diff, events, weighting))  # [E] each
 
     def statistic(weights: np.ndarray) -> np.ndarray:  # weights [..., E]: how often each event is drawn

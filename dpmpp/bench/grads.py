@@ -23,12 +23,12 @@ def record(
 ) -> dict:
     """{"steps": [{group: norm, ..., "together": norm}, ...], "steps_per_epoch" (of the first
     epoch), "grad_clip", "apart": [names]}."""
-    from dpmpp.bench.accuracy import TRAINED
+    from dpmpp.bench.accuracy import PRESET, TRAINED
     from dpmpp.engine.train import Trainer
 
     if TRAINED.get(method) is None:
         raise ValueError(f"bench grads needs one of our trained rows; got {method!r}")
-    config = apply_overrides(load_preset("tiny"), [*TRAINED[method], *extra])
+    config = apply_overrides(load_preset(PRESET), [*TRAINED[method], *extra])
     config.train.seed, config.train.eval_every = seed, 0
     steps: list[dict[str, float]] = []
     done = [False]

@@ -55,7 +55,6 @@ class Stage:
     gamma: float = 0.1
     grad_clip: float | None = None
     on_epoch_end: Callable[[int], dict | None] | None = None  # epoch (1-based) -> metrics to report, or None
-    scaler: Any = None
     record_grad_norms: bool = False  # add each group's gradient norm to the step events (`bench grads`)
 
 

@@ -299,10 +299,8 @@ class Trainer:
     def teacher_features(self) -> torch.Tensor | None:
         """The distillation teacher's unit features of every clean training crop [N, D] (computed once), or None."""
         loss = self.config.loss
-        if loss.distill_weight <= 0:
+        if loss.distill_weight <= 0:  # Config.validate() has checked that a positive weight names a teacher
             return None
-        if not loss.distill_teacher:
-            raise ValueError(f"loss.distill_weight={loss.distill_weight} needs loss.distill_teacher (a peer name)")
         started = time.perf_counter()
         features = load_peer(loss.distill_teacher).embed([r.path for r in self.split.train])
         logger.info(
