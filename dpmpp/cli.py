@@ -1,4 +1,5 @@
-"""Command line: `python -m dpmpp build-data | train | eval | embed | bench`. The only argparse in the package.
+"""Command line: `python -m dpmpp build-data | train | eval | embed | bench`. With dpmpp/bench/cli.py (the `bench`
+subcommands), the only argparse in the package.
 
 An expected error (a bad config value, a missing file or weights, a dataset folder in another layout, a checkpoint
 that does not load, an unreadable image) prints one line, `error: ...`, on stderr and exits with status 2;
