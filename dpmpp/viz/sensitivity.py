@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 METRICS = {  # metric -> (title, colour scale, reversed: True where low is bad)
     "AP": ("AP of the true match", "RdYlGn", False),
-    "rank": ("rank of the first true match", "RdYlGn_r", True),
+    "rank": ("rank of the first true match (log scale)", "RdYlGn_r", True),
     "score": ("best true-match similarity", "RdYlGn", False),
 }
 
@@ -16,8 +16,8 @@ METRICS = {  # metric -> (title, colour scale, reversed: True where low is bad)
 def _values(smap, metric: str) -> np.ndarray:
     if metric == "AP":
         return smap.ap
-    if metric == "rank":
-        return np.where(smap.rank > 0, smap.rank, np.nan).astype(float)
+    if metric == "rank":  # log10: rank 1 against 9 matters as much as 10 against 90
+        return np.log10(np.where(smap.rank > 0, smap.rank, np.nan).astype(float))
     return smap.score
 
 
@@ -31,6 +31,11 @@ def sensitivity_figure(image: np.ndarray, maps: list, metric: str = "AP", opacit
     values = [_values(m, metric) for m in maps]
     finite = np.concatenate([v[np.isfinite(v)] for v in values] + [np.array([0.0])])
     low, high = (0.0, 1.0) if metric == "AP" else (float(finite.min()), float(max(finite.max(), finite.min() + 1e-6)))
+    colorbar = {"title": {"text": title, "side": "right"}, "len": 0.9}
+    if metric == "rank":
+        low, high = 0.0, max(high, 1.0)
+        ticks = np.arange(0, int(np.ceil(high)) + 1)
+        colorbar.update(tickvals=ticks.tolist(), ticktext=[str(10**t) for t in ticks])
     titles = [f"{m.model or 'model'}<br>clean: rank {m.clean['rank']}, AP {m.clean['ap']:.2f}" for m in maps]
     figure = make_subplots(rows=1, cols=len(maps), subplot_titles=titles, horizontal_spacing=0.08)
     for column, (smap, value) in enumerate(zip(maps, values), start=1):
@@ -52,7 +57,7 @@ def sensitivity_figure(image: np.ndarray, maps: list, metric: str = "AP", opacit
                 colorscale=scale,
                 opacity=opacity,
                 showscale=column == len(maps),
-                colorbar={"title": {"text": title, "side": "right"}, "len": 0.9},
+                colorbar=colorbar,
                 text=text,
                 hovertemplate="%{text}<extra></extra>",
             ),
