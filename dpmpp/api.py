@@ -7,23 +7,83 @@ import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from dpmpp.data.images import load_image
+from dpmpp.atomic import write_text
+from dpmpp.caching import shared_cache
+from dpmpp.cases import CaseError, build_case, read_case
+from dpmpp.config import preset_names
+from dpmpp.data.datasets import dataset_names, load_split
+from dpmpp.data.foreground import PersonMasks
+from dpmpp.data.images import MAX_PIXELS, ImageLoadError, check_size, image_size, load_image
+from dpmpp.data.occluders import FILLS, PasteParams, load_bank, paint, paste
 from dpmpp.data.patch_transfer import SaliencyPatchTransfer, patch_fraction
 from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.data.transforms import build_transforms, denormalize
 from dpmpp.engine import checkpoint
+from dpmpp.engine.checkpoint import CheckpointError, weights_hash
 from dpmpp.engine.distributed import pick_device
 from dpmpp.eval.extract import evaluate_similarity, extract, similarity
 from dpmpp.eval.metrics import ReIDMetrics
+from dpmpp.jobs import COMPONENTS, MAX_EPOCHS, StopRefused, TrainingJobs, training_config
 from dpmpp.model.dpmpp import build_model
-from dpmpp.model.peers import PEERS, PeerEmbedder, PeerUnavailable, load_peer  # noqa: F401 - the facade's peers
-from dpmpp.paths import DEFAULT_CHECKPOINT
+from dpmpp.model.peers import PEERS, PeerEmbedder, PeerUnavailable, load_peer
+from dpmpp.model_card import model_card_markdown
+from dpmpp.paths import ASSETS, CHECKPOINTS, DEFAULT_CHECKPOINT
+
+__all__ = [
+    # the facade proper
+    "Pipeline",
+    "Embedding",
+    "SearchResult",
+    "TransferView",
+    "Explanation",
+    "PEERS",
+    "PeerEmbedder",
+    "PeerUnavailable",
+    "load_peer",
+    "CHECKPOINT_FILES",
+    "safe_name",
+    "install_checkpoint",
+    "listed_twin",
+    # for the app and other front ends: what they need from the layers below, so that they import only this
+    # facade, dpmpp.explorer and dpmpp.viz (tests/test_architecture.py)
+    "ASSETS",
+    "CHECKPOINTS",
+    "DEFAULT_CHECKPOINT",
+    "load_split",
+    "dataset_names",
+    "preset_names",
+    "PersonMasks",
+    "load_image",
+    "ImageLoadError",
+    "MAX_PIXELS",
+    "check_size",
+    "image_size",
+    "FILLS",
+    "PasteParams",
+    "load_bank",
+    "paint",
+    "paste",
+    "CheckpointError",
+    "weights_hash",
+    "model_card_markdown",
+    "CaseError",
+    "build_case",
+    "read_case",
+    "write_text",
+    "COMPONENTS",
+    "MAX_EPOCHS",
+    "StopRefused",
+    "TrainingJobs",
+    "training_config",
+    "shared_cache",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -280,3 +340,29 @@ def install_checkpoint(files: Sequence[str | Path], root: str | Path, name: str 
         if staging.exists():
             shutil.rmtree(staging)
     return target
+
+
+@lru_cache(maxsize=256)
+def _weights_hash(folder: str, size: int, mtime_ns: int) -> str:
+    return weights_hash(folder)
+
+
+def listed_twin(files: Sequence[str | Path], folders: Sequence[str | Path]) -> str | None:
+    """The folder among `folders` whose weights are the `model.safetensors` among `files`, else None (also None
+    when the files are not named as a checkpoint's: `install_checkpoint` then says what is wrong).
+
+    The folders' hashes are computed once per file version; a folder without weights is skipped. Raises OSError
+    when the files cannot be read.
+    """
+    paths = [Path(f) for f in files]
+    weights = next((p for p in paths if p.name == checkpoint.WEIGHTS), None)
+    if weights is None or not {p.name for p in paths} <= set(CHECKPOINT_FILES):
+        return None
+    listed = {}
+    for folder in folders:
+        try:
+            stat = (Path(folder) / checkpoint.WEIGHTS).stat()
+            listed[_weights_hash(str(folder), stat.st_size, stat.st_mtime_ns)] = str(folder)
+        except OSError:
+            continue
+    return listed.get(weights_hash(weights.parent))

@@ -8,13 +8,20 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from dpmpp.api import Embedding, Pipeline
-from dpmpp.data.records import Split
+from dpmpp.api import Embedding, Explanation, Pipeline, TransferView
+from dpmpp.data.foreground import PersonMasks
+from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.eval.baselines import HSVEmbedder
 from dpmpp.eval.extract import evaluate_similarity, top_match_pids
 from dpmpp.eval.metrics import ReIDMetrics, evaluate
 
 OCCLUSION_BINS = (0.15, 0.3, 0.5, 1.01)  # query occluded-fraction bins (pets09_occ queries start at 0.15)
+PARTNER_OCCLUSION = 0.15  # a training crop at least this occluded lends its occlusion in the app's patch transfer
+
+
+def transfer_partners(split: Split) -> list[ReIDRecord]:
+    """Partners for patch transfer: real occluded training crops (their occlusion is what gets transferred)."""
+    return [r for r in split.train if float(r.meta.get("occluded_fraction", 0)) >= PARTNER_OCCLUSION]
 
 
 @dataclass
@@ -63,14 +70,56 @@ class BenchmarkExplorer:
         self._metrics: dict[bool, ReIDMetrics] = {}
 
     @property
-    def model_name(self) -> str:
-        if self.pipeline is None:
-            return self.embedder.name
-        return f"DPM++ {self.pipeline.config.preset} ({self.pipeline.folder.name})"
-
-    @property
     def has_mask(self) -> bool:
         return self.query.masks is not None
+
+    @property
+    def has_saliency(self) -> bool:
+        """A saliency head, which patch transfer needs: a DPM++ checkpoint that has one (not a `FeatureEmbedder`)."""
+        return self.pipeline is not None and self.pipeline.model.saliency_head is not None
+
+    @property
+    def can_explain(self) -> bool:
+        """Grad-CAM toward an identity prototype: a DPM++ checkpoint (a `FeatureEmbedder` has no prototypes)."""
+        return self.pipeline is not None
+
+    def explain(self, image, pid: int | None = None) -> Explanation:
+        """Grad-CAM of `image` toward the prototype of `pid` (default: the best-matching one); see `can_explain`."""
+        if not self.can_explain:
+            raise ValueError("Grad-CAM needs a DPM++ checkpoint")
+        return self.pipeline.explain(image, pid=pid)
+
+    def partner_source(self, person_masks: PersonMasks | None) -> str:
+        """Where the patch-transfer partners' person maps come from, as in training: the benchmark's silhouettes
+        (`person_masks`) when the model was trained with `aug.saliency_source=auto`, else the saliency head."""
+        auto = self.pipeline.config.aug.saliency_source == "auto" and person_masks is not None
+        return "silhouette" if auto else "head"
+
+    def partner_saliency(self, partners: list[ReIDRecord], person_masks: PersonMasks | None) -> np.ndarray:
+        """Per-patch person maps [M, h, w] of a pool of partners (from `partner_source`): compute once per model."""
+        if self.partner_source(person_masks) == "silhouette":
+            return self.pipeline.person_saliency(partners, person_masks)
+        return self.pipeline.saliency([r.path for r in partners])
+
+    def transfer(
+        self,
+        image,
+        partners: list[ReIDRecord],
+        partner_saliency: np.ndarray,
+        partner_index: int | None = None,
+        shift: int | None = None,
+    ) -> TransferView:
+        """Occlude `image` with the real occlusion of one of `partners` (SPT, `Pipeline.transfer`); see
+        `has_saliency`. `partner_saliency` is `partner_saliency(partners, ...)`."""
+        if not self.has_saliency:
+            raise ValueError("patch transfer needs a DPM++ checkpoint with a saliency head")
+        return self.pipeline.transfer(
+            image,
+            [r.path for r in partners],
+            partner_index=partner_index,
+            shift=shift,
+            candidate_saliency=partner_saliency,
+        )
 
     def _key(self, use_mask: bool) -> bool:
         return bool(use_mask) and self.has_mask

@@ -10,10 +10,19 @@ import sys
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 
-import app
+from dpmpp.app.common import SETTINGS
+from dpmpp.app.state import explorer_for, partner_records, partner_saliency_for
+from dpmpp.app.views.cases import export_case, import_case
+from dpmpp.app.views.failures import failures, open_failure
+from dpmpp.app.views.mask import mask_view
+from dpmpp.app.views.model import start_training, upload_checkpoint
+from dpmpp.app.views.occlude import occlude_paste, occlude_transfer
+from dpmpp.app.views.query import query_choices, select_query
+from dpmpp.app.views.retrieval import retrieve
 from dpmpp.paths import DEFAULT_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,25 +32,25 @@ CHECKPOINT = str(DEFAULT_CHECKPOINT)
 # ----- tier 1: handlers ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def view():
-    choices = app.query_choices(app.explorer_for(CHECKPOINT))
-    return app.select_query(CHECKPOINT, choices[0][1])[0]
+    choices = query_choices(explorer_for(CHECKPOINT))
+    return select_query(CHECKPOINT, choices[0][1])[0]
 
 
 def test_queries_are_listed_failures_first():
-    explorer = app.explorer_for(CHECKPOINT)
-    choices = app.query_choices(explorer)
+    explorer = explorer_for(CHECKPOINT)
+    choices = query_choices(explorer)
     aps = [explorer.metrics().ap[index] for _, index in choices]
     assert len(choices) == len(explorer.split.query) and aps == sorted(aps)
 
 
 def test_paste_then_retrieve_marks_the_change(view):
-    occluded_view, shown, info = app.occlude_paste(view, "sign", 0.5, 0.45, 0.4)
+    occluded_view, shown, info = occlude_paste(view, "sign", 0.5, 0.45, 0.4)
     assert "sign pasted" in info and occluded_view["occluded"].shape == view["clean"].shape
     assert (occluded_view["occluded"] != view["clean"]).any()
-    clean_strip, occluded_strip, summary = app.retrieve(CHECKPOINT, occluded_view, 10, True)
+    clean_strip, occluded_strip, summary = retrieve(CHECKPOINT, occluded_view, 10, True)
     assert clean_strip is not None and occluded_strip is not None
     assert summary.count("AP ") == 2 and "hidden" in summary
-    explorer = app.explorer_for(CHECKPOINT)
+    explorer = explorer_for(CHECKPOINT)
     expected = explorer.metrics().ap[view["query_index"]]
     assert f"AP {expected:.3f}" in summary.splitlines()[0]  # the as-given query's AP is the metric's
 
@@ -49,29 +58,29 @@ def test_paste_then_retrieve_marks_the_change(view):
 def test_transfer_takes_partner_silhouettes_from_the_benchmark(view):
     import re
 
-    occluded_view, shown, gallery, info = app.occlude_transfer(CHECKPOINT, view, "auto", -1)
+    occluded_view, shown, gallery, info = occlude_transfer(CHECKPOINT, view, "auto", -1)
     assert "partner silhouette (background subtraction)" in [caption for _, caption in gallery]
     assert occluded_view["occlusion"]["method"] == "transfer"
     # the partner gives everything outside its silhouette (background, occluders), nothing inside it
     name = re.search(r"Partner `([^`]+)`", info).group(1)
-    index = [Path(r.path).name for r in app.partner_records()].index(name)
-    silhouette = app.partner_saliency_for(CHECKPOINT)[index] > 0.5
+    index = [Path(r.path).name for r in partner_records()].index(name)
+    silhouette = partner_saliency_for(CHECKPOINT)[index] > 0.5
     shown_percent = int(re.search(r"(\d+)% of the pixels came from the partner", info).group(1))
     assert abs(shown_percent - 100 * (1 - silhouette.mean())) <= 1
 
 
 def test_mask_view_counts_active_dimensions(view):
-    occluded_view = app.occlude_paste(view, "pole", 0.5, 0.5, 1.0)[0]
-    bars, counts, contribution = app.mask_view(CHECKPOINT, occluded_view, 0.5)
-    dims = app.explorer_for(CHECKPOINT).query.features.shape[1]
+    occluded_view = occlude_paste(view, "pole", 0.5, 0.5, 1.0)[0]
+    bars, counts, contribution = mask_view(CHECKPOINT, occluded_view, 0.5)
+    dims = explorer_for(CHECKPOINT).query.features.shape[1]
     assert len(bars.data) == 3 and len(bars.data[0].y) == dims
-    embedded = app.explorer_for(CHECKPOINT).embed([view["clean"]])
+    embedded = explorer_for(CHECKPOINT).embed([view["clean"]])
     assert f"clean {(embedded.masks[0] > 0.5).sum()} of {dims}" in counts
     assert len(contribution.data) == 2  # first true match and top wrong match
 
 
 def test_failures_filter_and_bins():
-    table, cmc, bins = app.failures(CHECKPOINT, "sign", 0.3, True)
+    table, cmc, bins = failures(CHECKPOINT, "sign", 0.3, True)
     assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()
     assert (table["first true rank"] != 1).all() and list(table["AP"]) == sorted(table["AP"])
     assert {trace.name for trace in cmc.data} == {"mask on", "mask off"}
@@ -84,28 +93,28 @@ def test_failures_filter_and_bins():
 
 
 def test_case_export_and_import_restore_the_view(view, tmp_path):
-    occluded_view = app.occlude_paste(view, "person_P02", 0.3, 0.6, 0.8)[0]
-    path = app.export_case(CHECKPOINT, occluded_view, 10, True)
+    occluded_view = occlude_paste(view, "person_P02", 0.3, 0.6, 0.8)[0]
+    path = export_case(CHECKPOINT, occluded_view, 10, True)
     case = json.loads(Path(path).read_text())
     assert (
         case["occlusion"]["occluder"] == "person_P02"
-        and len(case["mask"]) == app.explorer_for(CHECKPOINT).query.features.shape[1]
+        and len(case["mask"]) == explorer_for(CHECKPOINT).query.features.shape[1]
         and len(case["top"]) == 10
     )
-    restored = app.import_case(CHECKPOINT, path)
+    restored = import_case(CHECKPOINT, path)
     restored_view = restored[1]
     np.testing.assert_array_equal(restored_view["occluded"], occluded_view["occluded"])
-    again = json.loads(Path(app.export_case(CHECKPOINT, restored_view, 10, True)).read_text())
+    again = json.loads(Path(export_case(CHECKPOINT, restored_view, 10, True)).read_text())
     assert again["top"] == case["top"] and again["mask"] == case["mask"]
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(app.gr.Error, match="not a dpmpp case"):
-        app.import_case(CHECKPOINT, str(tmp_path / "bad.json"))
+    with pytest.raises(gr.Error, match="not a dpmpp case"):
+        import_case(CHECKPOINT, str(tmp_path / "bad.json"))
 
 
 def test_training_refuses_a_path_outside_the_data_root(tmp_path, monkeypatch):
-    monkeypatch.setitem(app.SETTINGS, "data_root", str(tmp_path))
-    with pytest.raises(app.gr.Error, match="inside the data root"):
-        app.start_training("manifest", "../../etc", "tiny", 1, "x", [])
+    monkeypatch.setitem(SETTINGS, "data_root", str(tmp_path))
+    with pytest.raises(gr.Error, match="inside the data root"):
+        start_training("manifest", "../../etc", "tiny", 1, "x", [])
 
 
 # ----- tier 2: gradio_client against a launched app -------------------------------------------------------------
@@ -346,35 +355,35 @@ def test_server_serves_assets_but_no_other_files(server):
 
 
 def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
-    monkeypatch.setitem(app.SETTINGS, "checkpoint_dir", tmp_path)
+    monkeypatch.setitem(SETTINGS, "checkpoint_dir", tmp_path)
     from dpmpp.api import CHECKPOINT_FILES
 
     files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
-    update, note = app.upload_checkpoint(files, "copy")
+    update, note = upload_checkpoint(files, "copy")
     assert (tmp_path / "copy" / "model.safetensors").is_file() and update["value"] == str(tmp_path / "copy")
     assert str(tmp_path / "copy") in update["choices"]
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text())
     (broken / "model.safetensors").write_bytes((DEFAULT_CHECKPOINT / "model.safetensors").read_bytes()[:5000])
-    with pytest.raises(app.gr.Error, match="Nothing was saved"):
-        app.upload_checkpoint([str(broken / "config.json"), str(broken / "model.safetensors")], "bad")
+    with pytest.raises(gr.Error, match="Nothing was saved"):
+        upload_checkpoint([str(broken / "config.json"), str(broken / "model.safetensors")], "bad")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
-    with pytest.raises(app.gr.Error, match="missing"):
-        app.upload_checkpoint([str(broken / "config.json")], "half")
-    with pytest.raises(app.gr.Error, match="already exists"):
-        app.upload_checkpoint(files, "copy")
-    with pytest.raises(app.gr.Error, match="unexpected files"):
-        app.upload_checkpoint([*files, str(ROOT / "README.md")], "extra")
+    with pytest.raises(gr.Error, match="missing"):
+        upload_checkpoint([str(broken / "config.json")], "half")
+    with pytest.raises(gr.Error, match="already exists"):
+        upload_checkpoint(files, "copy")
+    with pytest.raises(gr.Error, match="unexpected files"):
+        upload_checkpoint([*files, str(ROOT / "README.md")], "extra")
 
 
 def test_selecting_a_failure_row_opens_that_query():
-    table = app.failures(CHECKPOINT, "all", 0, True)[0]
+    table = failures(CHECKPOINT, "all", 0, True)[0]
 
     class Selected:  # what Gradio passes for a click on cell (row 2, column 0)
         index = (2, 0)
 
-    update, view, shown, _, info = app.open_failure(CHECKPOINT, table, Selected())
+    update, view, shown, _, info = open_failure(CHECKPOINT, table, Selected())
     query_index = int(table.iloc[2]["query"])
     assert update["value"] == query_index and view["query_index"] == query_index
     assert view["file"] == table.iloc[2]["file"] and view["file"] in info

@@ -48,14 +48,16 @@ def test_query_table_names_the_top_match_and_the_person_in_front(explorer):
 
 
 def test_retrieve_handler_renders_a_strip():
-    import app
+    from dpmpp.app.layout import build_demo
+    from dpmpp.app.state import explorer_for
+    from dpmpp.app.views.query import query_choices
 
-    demo = app.build_demo(None)
+    demo = build_demo(None)
     assert demo is not None
-    choices = app.query_choices(app.explorer_for(None))
+    choices = query_choices(explorer_for(None))
     aps = [float(label.split()[1]) for label, _ in choices]
     assert aps == sorted(aps)  # failures first
-    explorer = app.explorer_for(None)
+    explorer = explorer_for(None)
     result = explorer.retrieve(choices[0][1], top_k=10)
     assert len(result.items) == 10 and not math.isnan(result.ap)
     from dpmpp.viz.rank_strip import GREEN, RED, rank_strip

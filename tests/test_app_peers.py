@@ -4,24 +4,28 @@ import gradio as gr
 import numpy as np
 import pytest
 
-import app
+from dpmpp.app.state import PEER_CHOICES, canonical, checkpoint_choices, checkpoint_for, explorer_for, prototype_map_for
+from dpmpp.app.views.mask import mask_view
+from dpmpp.app.views.model import model_card
+from dpmpp.app.views.query import explain, new_view
+from dpmpp.app.views.space import umap_select
 from dpmpp.data.datasets import load_split
 from dpmpp.eval.extract import evaluate_similarity
 from dpmpp.model.peers import load_peer
 from dpmpp.paths import ASSETS
 
-PEER = next(label for label, name in app.PEER_CHOICES.items() if name == "omz-0288")
+PEER = next(label for label, name in PEER_CHOICES.items() if name == "omz-0288")
 
 
 def test_every_peer_is_listed_and_loads_by_name():
-    assert set(app.PEER_CHOICES.values()) == {"osnet-x0.25-msmt17", "omz-0288", "omz-0287", "omz-0286", "omz-0277"}
-    assert all(label in app.checkpoint_choices() for label in app.PEER_CHOICES)
-    assert app.checkpoint_for(PEER) == PEER and app.canonical(PEER) == (PEER,)
+    assert set(PEER_CHOICES.values()) == {"osnet-x0.25-msmt17", "omz-0288", "omz-0287", "omz-0286", "omz-0277"}
+    assert all(label in checkpoint_choices() for label in PEER_CHOICES)
+    assert checkpoint_for(PEER) == PEER and canonical(PEER) == (PEER,)
 
 
 def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():
-    explorer = app.explorer_for(PEER)
-    assert explorer.model_name == "OMZ person-reid-retail-0288" and not explorer.has_mask
+    explorer = explorer_for(PEER)
+    assert explorer.embedder.name == "OMZ person-reid-retail-0288" and not explorer.has_mask
     split = load_split("pets09_occ", ASSETS / "pets09_occ")
     peer = load_peer("omz-0288")
     sim = peer.embed([r.path for r in split.query]) @ peer.embed([r.path for r in split.gallery]).T
@@ -33,23 +37,23 @@ def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():
 
 
 def test_what_a_peer_cannot_show_is_refused_with_a_reason():
-    explorer = app.explorer_for(PEER)
-    view = app.new_view(explorer, 0, None)
+    explorer = explorer_for(PEER)
+    view = new_view(explorer, 0, None)
     with pytest.raises(gr.Error, match="no mask"):
-        app.mask_view(PEER, view, 0.5)
+        mask_view(PEER, view, 0.5)
     with pytest.raises(gr.Error, match="Grad-CAM needs a DPM\\+\\+ checkpoint"):
-        app.explain(PEER, view)
-    assert "zero-shot" in app.model_card(PEER) and "openvino" in app.model_card(PEER)
+        explain(PEER, view)
+    assert "zero-shot" in model_card(PEER) and "openvino" in model_card(PEER)
 
 
 def test_a_selection_of_prototypes_says_they_have_no_image():
     from dpmpp.paths import DEFAULT_CHECKPOINT
 
     checkpoint = str(DEFAULT_CHECKPOINT)
-    kinds = list(app.prototype_map_for(checkpoint).kind)
+    kinds = list(prototype_map_for(checkpoint).kind)
     prototypes = [i for i, kind in enumerate(kinds) if kind == "prototype"][:80]
     gallery = [i for i, kind in enumerate(kinds) if kind == "gallery"][:5]
-    items, note = app.umap_select(checkpoint, {"event": {"type": "select", "points": prototypes + gallery}})
+    items, note = umap_select(checkpoint, {"event": {"type": "select", "points": prototypes + gallery}})
     assert len(items) == 5 and all(path for path, _ in items)
     assert note.startswith(
         f"{len(prototypes) + 5} points selected; {len(prototypes)} are prototypes, which have no image"

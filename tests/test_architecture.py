@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dpmpp"
+APP = PACKAGE / "app"
+MAX_APP_MODULE_LINES = 220  # one view, or one thing the views share, per module
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -18,12 +20,33 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_library_never_imports_gradio_and_only_cli_imports_argparse():
+def test_only_the_app_package_imports_gradio_and_only_cli_imports_argparse():
     for path in PACKAGE.rglob("*.py"):
         modules = imported_modules(path)
-        assert not any(m.split(".")[0] == "gradio" for m in modules), path
-        if path.name != "cli.py":
+        if not path.is_relative_to(APP):
+            assert not any(m.split(".")[0] == "gradio" for m in modules), path
+        if path.name != "cli.py" or path.is_relative_to(APP):
             assert "argparse" not in modules, path
+
+
+def test_app_views_import_only_the_facade():
+    """The app reaches the library through dpmpp.api, dpmpp.explorer and dpmpp.viz; otherwise it uses the standard
+    library, gradio (with its starlette), numpy, PIL and plotly."""
+    allowed_roots = set(sys.stdlib_module_names) | {"gradio", "starlette", "numpy", "PIL", "plotly", "dpmpp"}
+    allowed_inside = ("dpmpp.api", "dpmpp.explorer", "dpmpp.viz", "dpmpp.app")
+    paths = sorted(APP.rglob("*.py"))
+    assert len(paths) > 10, "the app package is missing"
+    for path in paths:
+        for module in imported_modules(path):
+            assert module.split(".")[0] in allowed_roots, (path, module)
+            if module.split(".")[0] == "dpmpp":
+                assert any(module == a or module.startswith(a + ".") for a in allowed_inside), (path, module)
+
+
+def test_app_modules_are_small():
+    for path in APP.rglob("*.py"):
+        lines = len(path.read_text().splitlines())
+        assert lines <= MAX_APP_MODULE_LINES, f"{path.relative_to(PACKAGE)}: {lines} lines"
 
 
 def test_model_depends_only_on_its_frameworks_config_and_image_helpers():
@@ -50,7 +73,7 @@ def test_model_depends_only_on_its_frameworks_config_and_image_helpers():
 
 
 def test_lower_layers_do_not_import_upper_layers():
-    upper = {"dpmpp.api", "dpmpp.cli", "dpmpp.engine"}
+    upper = {"dpmpp.api", "dpmpp.cli", "dpmpp.engine", "dpmpp.app"}
     for sub in ("model", "data", "eval", "losses", "viz"):
         for path in (PACKAGE / sub).rglob("*.py"):
             bad = {m for m in imported_modules(path) if any(m == u or m.startswith(u + ".") for u in upper)}

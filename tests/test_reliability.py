@@ -91,7 +91,9 @@ def test_config_json_of_the_wrong_shape_is_a_checkpoint_error(tmp_path, text):
 
 
 def test_app_keeps_its_model_when_a_checkpoint_is_bad(tmp_path):
-    import app
+    import gradio as gr
+
+    from dpmpp.app.views.model import load_model
 
     good = str(DEFAULT_CHECKPOINT)
     bad = tmp_path / "bad"
@@ -99,17 +101,19 @@ def test_app_keeps_its_model_when_a_checkpoint_is_bad(tmp_path):
     config = json.loads((bad / "config.json").read_text())
     config["meta"]["num_classes"] = 3
     (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(app.gr.Error, match="previous model stays active"):
-        app.load_model(str(bad))
-    model, card, _ = app.load_model(good)
+    with pytest.raises(gr.Error, match="previous model stays active"):
+        load_model(str(bad))
+    model, card, _ = load_model(good)
     assert model == good and "pets09_occ" in card
 
 
 def test_uploading_a_non_image_as_query_says_what_was_expected():
-    import app
+    import gradio as gr
 
-    with pytest.raises(app.gr.Error, match="JPEG, PNG"):
-        app.upload_query(str(DEFAULT_CHECKPOINT), b"%PDF-1.4 not a person crop")
+    from dpmpp.app.views.query import upload_query
+
+    with pytest.raises(gr.Error, match="JPEG, PNG"):
+        upload_query(str(DEFAULT_CHECKPOINT), b"%PDF-1.4 not a person crop")
 
 
 def test_dataset_faults_name_the_problem(tmp_path):

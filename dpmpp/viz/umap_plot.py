@@ -5,42 +5,6 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-# The page side of the map (a gr.HTML template and its js_on_load): plotly.js draws the figure in props.value,
-# redrawn when its version changes; hover shows the crop, a click asks Python for nearest neighbours, a lasso or
-# box selection fills the linked grid.
-UMAP_TEMPLATE = (
-    "<div class='umap-wrap' style='position:relative'><div class='umap-plot' style='height:560px'></div>"
-    "<div class='umap-thumb' style='position:absolute;display:none;pointer-events:none;background:#fff;"
-    "border:1px solid #888;padding:2px;z-index:10'></div></div>"
-)
-UMAP_JS = """
-let shown = -1;
-function send(event) { props.value = {...props.value, event: event}; trigger('submit'); }
-function draw() {
-  const v = props.value;
-  if (!v || !v.figure || v.version === shown || !window.Plotly) return;
-  shown = v.version;
-  const fig = JSON.parse(v.figure);
-  const div = element.querySelector('.umap-plot');
-  const thumb = element.querySelector('.umap-thumb');
-  Plotly.react(div, fig.data, fig.layout, {displaylogo: false});
-  if (div._dpmpp) return;
-  div._dpmpp = true;
-  div.on('plotly_hover', (e) => {
-    const p = e.points[0]; const url = (props.value.thumbs || [])[p.customdata[0]];
-    if (!url) return;
-    thumb.innerHTML = `<img src="${url}" style="height:128px;display:block">`;
-    thumb.style.left = (e.event.offsetX + 16) + 'px'; thumb.style.top = (e.event.offsetY + 16) + 'px';
-    thumb.style.display = 'block';
-  });
-  div.on('plotly_unhover', () => { thumb.style.display = 'none'; });
-  div.on('plotly_click', (e) => send({type: 'click', point: e.points[0].customdata[0]}));
-  div.on('plotly_selected', (e) => {
-    if (e && e.points.length) send({type: 'select', points: e.points.map((p) => p.customdata[0])});
-  });
-}
-setInterval(draw, 250);
-"""
 SYMBOLS = {"prototype": "star", "gallery": "circle", "query": "triangle-up"}
 SIZES = {"prototype": 16, "gallery": 6, "query": 8}
 

@@ -1,0 +1,70 @@
+"""What every view shares: the server's settings and what visitors are told (short messages, no server paths)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+
+import gradio as gr
+
+from dpmpp.api import CHECKPOINTS
+
+logger = logging.getLogger("dpmpp.app")
+SETTINGS = {
+    "checkpoint_dir": CHECKPOINTS,
+    "data_root": None,
+    "start": None,  # the checkpoint loaded first; listed for everyone
+    "classroom": False,  # students may not train, upload checkpoints or load unlisted folders
+    "teacher_token": os.environ.get("DPMPP_TEACHER_TOKEN") or secrets.token_urlsafe(16),
+    "idle_minutes": 30.0,  # a session unused this long is dropped with its images
+    "checkpoint_quota_mb": 2048,  # the checkpoint folder: uploads and trainings stop above this
+    "upload_quota_mb": 1024,  # files visitors upload, until the cache deletes them (after an hour)
+}
+ECHO_CHARS, MESSAGE_CHARS = 100, 400  # visitor input echoed in a message; a whole message
+HIDDEN = {"api_visibility": "undocumented"}  # follow-up steps of a named event, not API endpoints of their own
+
+ABOUT = (
+    "**Data**: PETS 2009 S2.L1, View 001 (© University of Reading; Ferryman & Shahrokni, PETS 2009) with the "
+    "MOTChallenge 2015 boxes (Leal-Taixé et al., arXiv:1504.01942), cut into the `pets09_occ` benchmark: "
+    "213 occluded queries, 754 holistic gallery crops, 10 persons. A true match must come from another appearance "
+    "(track) of the same person. **Model**: DPM++ (dynamic masked metric learning) trained by this project; "
+    "its model card is in the Model tab."
+)
+
+# ----- what visitors are told ------------------------------------------------------------------------------------
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])/(?:[^\s/'\"`()\[\]{},;:]+/)*([^\s/'\"`()\[\]{},;:]*)")
+
+
+def clip(text, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters: what a message may echo of a visitor's input."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def public(text, limit: int = MESSAGE_CHARS) -> str:
+    """A message fit for any visitor: every absolute path reduced to its last part, at most `limit` characters."""
+    return clip(_ABSOLUTE_PATH.sub(lambda match: match.group(1) or "/", str(text)), limit)
+
+
+def refuse(message, error: Exception | None = None) -> gr.Error:
+    """A gr.Error for visitors (no server paths, bounded length); the full error goes to the server log."""
+    if error is not None:
+        logger.info("refused: %s (%s: %s)", clip(message, 200), type(error).__name__, clip(error, 2000))
+    return gr.Error(public(message))
+
+
+def display(path) -> str:
+    """A checkpoint folder as visitors see it: relative to the checkpoint folder, else its name."""
+    path, root = Path(path), Path(SETTINGS["checkpoint_dir"]).resolve()
+    return clip(str(path.relative_to(root)) if path.is_relative_to(root) else path.name or "/")
+
+
+def view_image(view: dict, which: str):
+    """The session's query image `which` ("clean" or "occluded"; the clean one until it is occluded)."""
+    if view is None or view.get("clean") is None:
+        raise gr.Error("Pick a query (or upload an image) first.")
+    image = view.get(which)
+    return view["clean"] if image is None else image

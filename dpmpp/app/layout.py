@@ -1,0 +1,37 @@
+"""The page: a header, then one tab per view (dpmpp.app.views), each laid out and wired by its own module."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gradio as gr
+
+from dpmpp.app.classroom import role_note
+from dpmpp.app.common import ABOUT, HIDDEN
+from dpmpp.app.state import start_checkpoint
+from dpmpp.app.views import failures, mask, model, query, retrieval, space
+
+VIEWS = (model, query, mask, retrieval, space, failures)  # the tabs, in order
+
+
+def build_demo(checkpoint: str | None = None) -> gr.Blocks:
+    start = start_checkpoint(checkpoint)
+    with gr.Blocks(
+        title="dpmpp — occluded re-ID explorer",
+        analytics_enabled=False,
+        delete_cache=(600, 3600),  # uploads and produced files are deleted an hour after they were written
+    ) as demo:
+        # `ui` carries what views share: the session's model and view, and the components other views use
+        ui = SimpleNamespace(start=start, model=gr.State(start), view=gr.State(None))
+        gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
+        gr.Markdown(ABOUT)
+        ui.role = gr.Markdown(role_note(), elem_id="role_note")
+        for view in VIEWS:
+            view.build(ui)
+        retrieval.wire(ui)  # first: it owns the name /retrieve, and the others end with its refresh
+        for view in VIEWS:
+            if view is not retrieval:
+                view.wire(ui)
+        demo.load(query.select_query, [ui.model, ui.query], ui.shown, **HIDDEN).then(**ui.refresh)
+        demo.load(role_note, None, ui.role, **HIDDEN)
+    return demo

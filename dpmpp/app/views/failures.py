@@ -1,0 +1,67 @@
+"""The Failures tab: every query in a filterable table (a selected row opens it), CMC and occlusion bins, and the
+case files (`cases`) below."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from dpmpp.app import state
+from dpmpp.app.common import HIDDEN
+from dpmpp.app.views import cases
+from dpmpp.app.views.query import select_query
+from dpmpp.viz.curves import cmc_figure, occlusion_bins_figure
+
+EXPLAIN = (
+    "Rank-1: share of queries whose best match is correct. mAP: mean of the per-query average precision. "
+    "ΔAP clean→occluded compares each query with its clean counterpart, the same person on the same track a few "
+    "frames away, unoccluded. *top match* is the identity of the best gallery crop; *occluding person* is the "
+    "identity of the person in front, for a query hidden behind another person. When the two agree on a miss, the "
+    "model recognised the occluder instead of the person."
+)
+
+
+def failures(checkpoint: str, occluder: str, min_occluded: float, only_failures: bool):
+    explorer = state.explorer_for(checkpoint)
+    table = state.query_table_for(checkpoint)
+    if occluder and occluder != "all":
+        table = table[table["occluder"] == occluder]
+    table = table[table["occluded"] >= float(min_occluded)]
+    if only_failures:
+        table = table[table["first true rank"] != 1]
+    table = table.sort_values("AP", kind="stable")
+    curves = {"mask on": explorer.metrics(True).cmc.tolist()}
+    if explorer.has_mask:
+        curves["mask off"] = explorer.metrics(False).cmc.tolist()
+    return table, cmc_figure(curves), occlusion_bins_figure(explorer.by_occlusion())
+
+
+def open_failure(checkpoint: str, table, event: gr.SelectData):
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    query_index = int(table.iloc[row]["query"])
+    return (gr.update(value=query_index), *select_query(checkpoint, query_index))
+
+
+def build(ui) -> None:
+    with gr.Tab("Failures"):
+        gr.Markdown(EXPLAIN)
+        with gr.Row():
+            ui.occluder_filter = gr.Dropdown(["all", "person", "pole", "sign", "border"], value="all", label="occluder")
+            ui.min_occluded = gr.Slider(0, 1, value=0, step=0.05, label="min occluded fraction")
+            ui.only_failures = gr.Checkbox(value=False, label="only rank-1 failures")
+            ui.failures_button = gr.Button("Refresh", elem_id="failures")
+        ui.table = gr.Dataframe(interactive=False, elem_id="failure_table", max_height=360)
+        with gr.Row():
+            ui.cmc_plot = gr.Plot(label="CMC")
+            ui.bins_plot = gr.Plot(label="rank-1 and mAP by occlusion")
+        cases.build(ui)
+
+
+def wire(ui) -> None:
+    ui.failures_button.click(
+        failures,
+        [ui.model, ui.occluder_filter, ui.min_occluded, ui.only_failures],
+        [ui.table, ui.cmc_plot, ui.bins_plot],
+        api_name="failures",
+    )
+    ui.table.select(open_failure, [ui.model, ui.table], [ui.query, *ui.shown], **HIDDEN)
+    cases.wire(ui)

@@ -1,0 +1,134 @@
+"""The Query & occlude tab: pick a benchmark query or upload a crop, occlude it (`occlude`), Grad-CAM."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from dpmpp.api import ImageLoadError, load_image
+from dpmpp.app import state
+from dpmpp.app.common import HIDDEN, refuse
+from dpmpp.app.views import occlude
+from dpmpp.app.widgets import UPLOAD_SIDE, CheckedImage
+from dpmpp.explorer import BenchmarkExplorer
+from dpmpp.viz.overlays import enlarge, heat_overlay
+
+EXPLAIN = (
+    "**Occlude the query** three ways. *Patch transfer* (SPT) keeps the query's own pixels where a partner's "
+    "person is visible and copies the partner's background and occluders everywhere else. The query inherits a "
+    "real occlusion pattern. The partner is the one whose visible silhouette the query's silhouette covers best "
+    "(occlusion-aware IoU, over horizontal shifts). *Paste* puts a real occluder from the scene on the query. "
+    "*Paint* covers the region you draw."
+)
+
+
+def query_choices(explorer: BenchmarkExplorer) -> list[tuple[str, int]]:
+    """Queries labelled with person, occluder and AP; failures (lowest AP) first."""
+    aps = explorer.metrics().ap.tolist()
+    order = sorted(range(len(aps)), key=lambda i: (aps[i] if not math.isnan(aps[i]) else 2.0, i))
+    labels = []
+    for i in order:
+        record = explorer.split.query[i]
+        labels.append(
+            (
+                f"AP {aps[i]:.2f} · person {record.pid} · track {record.camid} · "
+                f"{record.meta.get('occluder', '?')} {float(record.meta.get('occluded_fraction', 0)):.0%} "
+                f"hidden · {Path(record.path).name}",
+                i,
+            )
+        )
+    return labels
+
+
+def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.ndarray) -> dict:
+    """Per-session view state: small arrays and numbers only (models stay in the caches)."""
+    record = explorer.split.query[query_index] if query_index is not None else None
+    return {
+        "query_index": -1 if query_index is None else int(query_index),
+        "clean": image,
+        "occluded": None,
+        "occlusion": {"method": "none"},
+        "pid": None if record is None else record.pid,
+        "camid": None if record is None else record.camid,
+        "file": Path(record.path).name if record is not None else "uploaded image",
+    }
+
+
+def select_query(checkpoint: str, query_index: int):
+    explorer = state.explorer_for(checkpoint)
+    if query_index is None or not 0 <= int(query_index) < len(explorer.split.query):
+        raise gr.Error("Pick a query first.")
+    image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
+    view = new_view(explorer, int(query_index), image)
+    return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
+
+
+def upload_query(checkpoint: str, image):
+    """An uploaded crop becomes the session's query: refused from its header when too large or elongated, else
+    decoded and scaled down to fit UPLOAD_SIDE before the session keeps it."""
+    if image is None:
+        raise gr.Error("Upload an image first.")
+    try:
+        array = np.asarray(load_image(image, max_side=UPLOAD_SIDE))
+    except ImageLoadError as error:
+        raise refuse(str(error), error) from error
+    view = new_view(state.explorer_for(checkpoint), None, array)
+    return view, enlarge(array), None, "Uploaded image: identity unknown, so borders are grey and AP is not defined."
+
+
+def explain(checkpoint: str, view: dict):
+    explorer = state.explorer_for(checkpoint)
+    if not explorer.can_explain:
+        raise gr.Error("Grad-CAM needs a DPM++ checkpoint; load one in the Model tab.")
+    outputs = []
+    for which in ("clean", "occluded"):
+        image = view.get(which) if view else None
+        if image is None:
+            outputs.append(None)
+            continue
+        result = explorer.explain(image, pid=view.get("pid"))
+        outputs.append(
+            (
+                enlarge(heat_overlay(result.image, result.heatmap, 0.45)),
+                f"{which}: toward person {result.pid} (similarity {result.similarity:.3f})",
+            )
+        )
+    return [o for o in outputs if o is not None]
+
+
+def build(ui) -> None:
+    choices = query_choices(state.explorer_for(ui.start))
+    with gr.Tab("Query & occlude"):
+        gr.Markdown(EXPLAIN)
+        with gr.Row():
+            ui.query = gr.Dropdown(
+                choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
+            )
+            ui.upload = CheckedImage(
+                type="filepath", image_mode=None, label="or upload a person crop", height=160, scale=1
+            )
+        with gr.Row():
+            ui.clean_image = gr.Image(label="query", height=280, interactive=False, elem_id="clean_image")
+            ui.occluded_image = gr.Image(
+                label="occluded query", height=280, interactive=False, elem_id="occluded_image"
+            )
+        ui.info = gr.Markdown(elem_id="occlusion_info")
+        ui.shown = [ui.view, ui.clean_image, ui.occluded_image, ui.info]  # what picking a query sets
+        occlude.build(ui)
+        with gr.Accordion("Grad-CAM toward the matched prototype", open=False):
+            ui.explain_button = gr.Button("Explain", elem_id="explain")
+            ui.cams = gr.Gallery(columns=2, height=300, label="Grad-CAM", object_fit="contain")
+
+
+def wire(ui) -> None:
+    ui.query.input(select_query, [ui.model, ui.query], ui.shown, api_name="select_query").then(**ui.refresh).then(
+        occlude.editor_background, ui.view, ui.editor, **HIDDEN
+    )
+    ui.upload.upload(upload_query, [ui.model, ui.upload], ui.shown, api_name="upload_query").then(**ui.refresh).then(
+        occlude.editor_background, ui.view, ui.editor, **HIDDEN
+    )
+    occlude.wire(ui)
+    ui.explain_button.click(explain, [ui.model, ui.view], ui.cams, api_name="explain")

@@ -1,0 +1,90 @@
+"""The Prototype space tab: a UMAP of prototypes, gallery and queries with the query's trail, and a linked grid."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+import numpy as np
+
+from dpmpp.app import state
+from dpmpp.app.map_page import UMAP_JS, UMAP_TEMPLATE
+from dpmpp.viz.umap_plot import umap_figure
+
+
+def umap_view(checkpoint: str, view: dict, colour_by: str):
+    points = state.prototype_map_for(checkpoint)
+    trail = None
+    if view and view.get("clean") is not None:
+        images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
+        trail = points.place(state.explorer_for(checkpoint).embed(images).features)
+    note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
+    gap = state.explorer_for(checkpoint).prototype_gap()
+    if gap is not None:
+        note += (
+            f" The prototypes (stars) sit apart from the image features: a gallery feature's mean cosine to its "
+            f"own prototype is {gap['own']:.2f}, to the other prototypes {gap['others']:.2f}, while two "
+            f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. Matching needs only the angles "
+            "between features and prototypes, so the map keeps the prototypes in their own corner."
+        )
+    figure = umap_figure(points, colour_by, trail)
+    thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
+    return {"version": time.time_ns(), "figure": figure.to_json(), "thumbs": thumbs}, note
+
+
+def umap_select(checkpoint: str, value: dict | None):
+    """A click on the map lists the point's nearest neighbours; a lasso or box selection lists what it holds."""
+    event = (value or {}).get("event") or {}
+    points = state.prototype_map_for(checkpoint)
+
+    def item(row: int, extra: str = ""):
+        label = f"{points.kind[row]} · person {points.pid[row]}{extra}"
+        path = points.paths[row]
+        return (path, label) if path else None
+
+    count = len(points.paths)
+    if event.get("type") == "click":
+        row = int(event.get("point", -1))
+        if not 0 <= row < count:
+            raise gr.Error("Click a point of the map.")
+        found = [item(i, f" · cos {score:.2f}") for i, score in points.neighbours(row)]
+        items = [x for x in [item(row, " · clicked")] + found if x is not None]
+        return (
+            items,
+            f"Nearest neighbours of {points.kind[row]} {points.index[row]} (person {points.pid[row]}), "
+            "by cosine in the prototype space.",
+        )
+    if event.get("type") == "select":
+        rows = list(dict.fromkeys(int(r) for r in (event.get("points") or []) if 0 <= int(r) < count))
+        persons = np.unique(points.pid[rows], return_counts=True) if rows else ([], [])
+        counts = ", ".join(f"person {p}: {c}" for p, c in zip(*persons))
+        pictured = [r for r in rows if points.paths[r]]  # prototypes have no image
+        items = [item(r) for r in pictured[:60]]
+        shown = f" (showing the first {len(items)})" if len(pictured) > 60 else ""
+        unpictured = len(rows) - len(pictured)
+        without = f"; {unpictured} are prototypes, which have no image" if unpictured else ""
+        return items, f"{len(rows)} points selected{shown}{without}. {counts}"
+    raise gr.Error("Click a point, or select points with the lasso or box tool.")
+
+
+def build(ui) -> None:
+    with gr.Tab("Prototype space"):
+        ui.colour_by = gr.Radio(["identity", "correctness", "occlusion"], value="identity", label="colour by")
+        ui.umap_button = gr.Button("Draw map", elem_id="umap")
+        ui.umap_canvas = gr.HTML(value=None, html_template=UMAP_TEMPLATE, js_on_load=UMAP_JS, elem_id="umap_canvas")
+        ui.umap_note = gr.Markdown(elem_id="umap_note")
+        ui.umap_grid = gr.Gallery(
+            label="linked grid: nearest neighbours of a click, or the lasso's points",
+            columns=12,
+            height=300,
+            object_fit="contain",
+            elem_id="umap_grid",
+        )
+        ui.umap_grid_note = gr.Markdown(elem_id="umap_grid_note")
+
+
+def wire(ui) -> None:
+    ui.umap_button.click(umap_view, [ui.model, ui.view, ui.colour_by], [ui.umap_canvas, ui.umap_note], api_name="umap")
+    ui.umap_canvas.submit(
+        umap_select, [ui.model, ui.umap_canvas], [ui.umap_grid, ui.umap_grid_note], api_name="umap_select"
+    )
