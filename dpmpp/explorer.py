@@ -284,6 +284,14 @@ class PrototypeMap:
     note: str  # what was included, and any subsampling
     features: np.ndarray  # [N, E] unit features of the mapped points (nearest neighbours are found here)
     paths: list[str]  # image file per point ("" for prototypes)
+    shown: np.ndarray | None = None  # [N, 2] where each point is drawn (a prototype: among its nearest features)
+    foreign: np.ndarray | None = None  # [N] a prototype of an identity outside the benchmark (training only)
+
+    def __post_init__(self):
+        if self.shown is None:
+            self.shown = self.coords
+        if self.foreign is None:
+            self.foreign = np.zeros(len(self.coords), bool)
 
     def neighbours(self, row: int, count: int = 12) -> list[tuple[int, float]]:
         """The `count` points nearest to point `row` by cosine in the prototype space (itself excluded)."""
@@ -296,7 +304,35 @@ class PrototypeMap:
         return self.reducer.transform(features)
 
 
-def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: int = 20000) -> PrototypeMap:
+def benchmark_prototype_pids(prototype_pids, benchmark_pids) -> tuple[np.ndarray, np.ndarray]:
+    """A model's prototype identities in the benchmark's numbering, and which prototypes have no benchmark person.
+
+    A model trained on a combined set knows the benchmark's persons as pid + PETS09_PID_OFFSET; one trained on the
+    benchmark alone knows them by their own pid (its other identities never share a number with them).
+    """
+    from dpmpp.data.datasets.combined import PETS09_PID_OFFSET
+
+    pids, known = np.asarray(prototype_pids, dtype=np.int64), set(int(p) for p in benchmark_pids)
+    offset = PETS09_PID_OFFSET if any(int(p) - PETS09_PID_OFFSET in known for p in pids) else 0
+    mapped = np.where(pids >= offset, pids - offset, pids) if offset else pids.copy()
+    foreign = np.array([(int(p) < offset) or int(m) not in known for p, m in zip(pids, mapped)], bool)
+    return np.where(foreign, pids, mapped), foreign
+
+
+def prototype_persons(explorer: BenchmarkExplorer) -> dict[int, int | None]:
+    """The model's prototype identities -> the benchmark person each one is (None: a training identity only)."""
+    model_pids = list(explorer.pipeline.meta.get("pids", [])) if explorer.pipeline is not None else []
+    benchmark_pids = [r.pid for r in explorer.split.gallery] + [r.pid for r in explorer.split.query]
+    mapped, foreign = benchmark_prototype_pids(model_pids, benchmark_pids)
+    return {int(p): None if f else int(m) for p, m, f in zip(model_pids, mapped, foreign)}
+
+
+def build_prototype_map(
+    explorer: BenchmarkExplorer, seed: int = 0, max_points: int = 20000, nearest: int = 10
+) -> PrototypeMap:
+    """UMAP of prototypes, gallery and queries. Prototypes sit apart from the image features in the embedding, so
+    UMAP puts them in a corner of their own; each is drawn (`shown`) at the mean map position of its `nearest`
+    image features by cosine, and a prototype's identity is given in the benchmark's numbering."""
     import umap
 
     parts, kind, pids, index, fractions, correct, paths = [], [], [], [], [], [], []
@@ -335,15 +371,28 @@ def build_prototype_map(explorer: BenchmarkExplorer, seed: int = 0, max_points: 
     reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="cosine", random_state=seed)
     coords = reducer.fit_transform(points[keep])
     pick = lambda values: np.asarray(values)[keep]  # noqa: E731
+    kinds, pid = pick(kind), pick(pids).astype(np.int64)
+    is_prototype = kinds == "prototype"
+    benchmark_pids = [r.pid for r in explorer.split.gallery] + [r.pid for r in explorer.split.query]
+    pid[is_prototype], foreign = benchmark_prototype_pids(pid[is_prototype], benchmark_pids)
+    shown, features = coords.copy(), points[keep]
+    images = np.flatnonzero(~is_prototype)
+    for row in np.flatnonzero(is_prototype):
+        closest = images[np.argsort(-(features[images] @ features[row]), kind="stable")[:nearest]]
+        shown[row] = coords[closest].mean(axis=0)
+    outside = np.zeros(len(kinds), bool)
+    outside[is_prototype] = foreign
     return PrototypeMap(
         coords,
-        list(pick(kind)),
-        pick(pids),
+        list(kinds),
+        pid,
         pick(index),
         pick(fractions),
         pick(correct),
         reducer,
         note,
-        points[keep],
+        features,
         list(pick(paths)),
+        shown,
+        outside,
     )

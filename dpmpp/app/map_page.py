@@ -30,17 +30,22 @@ function draw() {
   Plotly.react(div, fig.data, fig.layout, {displaylogo: false});
   if (div._dpmpp) return;
   div._dpmpp = true;
+  const row = (p) => (p && p.customdata !== undefined && p.customdata !== null ? p.customdata[0] : undefined);
   div.on('plotly_hover', (e) => {
-    const p = e.points[0]; const url = (props.value.thumbs || [])[p.customdata[0]];
+    const p = e.points[0]; const i = row(p); const url = i === undefined ? '' : (props.value.thumbs || [])[i];
     if (!url) return;
     thumb.innerHTML = `<img src="${url}" style="height:128px;display:block">`;
     thumb.style.left = (e.event.offsetX + 16) + 'px'; thumb.style.top = (e.event.offsetY + 16) + 'px';
     thumb.style.display = 'block';
   });
   div.on('plotly_unhover', () => { thumb.style.display = 'none'; });
-  div.on('plotly_click', (e) => send({type: 'click', point: e.points[0].customdata[0]}));
-  div.on('plotly_selected', (e) => {
-    if (e && e.points.length) send({type: 'select', points: e.points.map((p) => p.customdata[0])});
+  div.on('plotly_click', (e) => {
+    const i = row(e && e.points && e.points[0]);
+    if (i !== undefined) send({type: 'click', point: i});
+  });
+  div.on('plotly_selected', (e) => {  // the trail and the legend have no index: skipped
+    if (!e || !e.points) return;
+    send({type: 'select', points: e.points.map(row).filter((i) => i !== undefined)});
   });
 }
 setInterval(draw, 250);

@@ -10,11 +10,11 @@ import numpy as np
 
 from dpmpp.api import ImageLoadError, load_image
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, refuse
+from dpmpp.app.common import HIDDEN, refuse, view_image
 from dpmpp.app.views import occlude
 from dpmpp.app.widgets import UPLOAD_SIDE, CheckedImage
-from dpmpp.explorer import BenchmarkExplorer
-from dpmpp.viz.overlays import enlarge, heat_overlay
+from dpmpp.explorer import BenchmarkExplorer, prototype_persons
+from dpmpp.viz.overlays import enlarge, heat_panel
 
 EXPLAIN = (
     "**Occlude the query** three ways. *Patch transfer* (SPT) keeps the query's own pixels where a partner's "
@@ -79,24 +79,36 @@ def upload_query(checkpoint: str, image):
     return view, enlarge(array), None, "Uploaded image: identity unknown, so borders are grey and AP is not defined."
 
 
+GRADCAM_NOTE = (
+    "Warm colours mark the pixels that raise the image's similarity to the named person's prototype most "
+    "(Grad-CAM, scaled to 0–1 per image). *Similarity* is the cosine between the image's (masked) feature and "
+    "that prototype, in −1…1; it is low for every prototype here because prototypes sit apart from the image "
+    "features (see Prototype space), so compare it between the clean and occluded query, not with 1."
+)
+
+
 def explain(checkpoint: str, view: dict):
     explorer = state.explorer_for(checkpoint)
     if not explorer.can_explain:
         raise gr.Error("Grad-CAM needs a DPM++ checkpoint; load one in the Model tab.")
-    outputs = []
+    view_image(view, "clean")
+    persons = prototype_persons(explorer)
+    own = next((model_pid for model_pid, person in persons.items() if person == view.get("pid")), None)
+    items, lines = [], []
     for which in ("clean", "occluded"):
-        image = view.get(which) if view else None
+        image = view.get(which)
         if image is None:
-            outputs.append(None)
             continue
-        result = explorer.explain(image, pid=view.get("pid"))
-        outputs.append(
-            (
-                enlarge(heat_overlay(result.image, result.heatmap, 0.45)),
-                f"{which}: toward person {result.pid} (similarity {result.similarity:.3f})",
-            )
+        result = explorer.explain(image, pid=own)
+        person = persons.get(result.pid)
+        name = f"person {person}" if person is not None else f"training identity {result.pid}"
+        items.append((result.image, result.heatmap, f"{which}\ntoward {name}"))
+        lines.append(
+            f"**{which}**: similarity {result.similarity:.3f} = cosine of this image's feature to {name}'s prototype"
         )
-    return [o for o in outputs if o is not None]
+    if own is None:
+        lines.insert(0, "The query's person has no prototype in this model: shown toward the best-matching prototype.")
+    return heat_panel(items), "  \n".join(lines + [GRADCAM_NOTE])
 
 
 def build(ui) -> None:
@@ -120,7 +132,8 @@ def build(ui) -> None:
         occlude.build(ui)
         with gr.Accordion("Grad-CAM toward the matched prototype", open=False):
             ui.explain_button = gr.Button("Explain", elem_id="explain")
-            ui.cams = gr.Gallery(columns=2, height=300, label="Grad-CAM", object_fit="contain")
+            ui.cams = gr.Image(label="Grad-CAM", type="pil", height=340, interactive=False, elem_id="gradcam")
+            ui.cams_note = gr.Markdown(elem_id="gradcam_note")
 
 
 def wire(ui) -> None:
@@ -131,4 +144,4 @@ def wire(ui) -> None:
         occlude.editor_background, ui.view, ui.editor, **HIDDEN
     )
     occlude.wire(ui)
-    ui.explain_button.click(explain, [ui.model, ui.view], ui.cams, api_name="explain")
+    ui.explain_button.click(explain, [ui.model, ui.view], [ui.cams, ui.cams_note], api_name="explain")

@@ -22,10 +22,11 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
     gap = state.explorer_for(checkpoint).prototype_gap()
     if gap is not None:
         note += (
-            f" The prototypes (stars) sit apart from the image features: a gallery feature's mean cosine to its "
+            f" The prototypes sit apart from the image features: a gallery feature's mean cosine to its "
             f"own prototype is {gap['own']:.2f}, to the other prototypes {gap['others']:.2f}, while two "
-            f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. Matching needs only the angles "
-            "between features and prototypes, so the map keeps the prototypes in their own corner."
+            f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. UMAP puts them all in one corner "
+            "of their own, so each star is drawn at the mean map position of its 10 nearest image features "
+            "(by cosine), not where UMAP put it."
         )
     figure = umap_figure(points, colour_by, trail)
     thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
@@ -56,6 +57,11 @@ def umap_select(checkpoint: str, value: dict | None):
         )
     if event.get("type") == "select":
         rows = list(dict.fromkeys(int(r) for r in (event.get("points") or []) if 0 <= int(r) < count))
+        if not rows:
+            return [], (
+                "Nothing selectable in this selection: only gallery, query and prototype points are listed "
+                "(the clean → occluded trail and the legend are not)."
+            )
         persons = np.unique(points.pid[rows], return_counts=True) if rows else ([], [])
         counts = ", ".join(f"person {p}: {c}" for p, c in zip(*persons))
         pictured = [r for r in rows if points.paths[r]]  # prototypes have no image

@@ -1,0 +1,180 @@
+"""The app's pictures as a projector shows them: one colour scale per map colouring, pictures that fit their panels,
+no script errors in the page, views that say which query they show, and readable retrieval strips."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpmpp.paths import DEFAULT_CHECKPOINT
+from tests.test_app import ROOT, free_port, plotly_array, wait_until_up
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+SHOTS = Path(os.environ.get("DPMPP_SHOTS", "/tmp/dpmpp_shots"))
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The app with the bundled model on a free port (stderr kept for the start-up error, if any)."""
+    port, environment = free_port(), {**os.environ, "GRADIO_ANALYTICS_ENABLED": "0"}
+    command = [sys.executable, str(ROOT / "app.py"), f"--port={port}", f"--checkpoint={DEFAULT_CHECKPOINT}"]
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, process, lambda: process.stderr.read().decode())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False, httpx_kwargs={"timeout": 180})
+
+
+def map_traces(client, colour_by: str) -> dict:
+    client.predict(3, api_name="/select_query")
+    client.predict("sign", 0.5, 0.4, 0.5, api_name="/occlude_paste")
+    canvas, note = client.predict(colour_by, api_name="/umap")
+    return {"note": note, **json.loads(canvas["figure"])}
+
+
+def person_of(hover: str) -> int:
+    return int(re.search(r"person (\d+)", hover).group(1))
+
+
+# ----- 1. the map's colours ---------------------------------------------------------------------------------------
+def test_a_person_has_one_colour_in_every_trace(client):
+    figure = map_traces(client, "identity")
+    traces = {t["name"]: t for t in figure["data"]}
+    colour_of: dict[int, set] = {}
+    for kind in ("gallery", "query", "prototype"):
+        trace = traces[kind]
+        colours = trace["marker"]["color"]
+        assert all(isinstance(c, str) and c.startswith("#") for c in colours), kind  # resolved colours, no scale
+        for hover, colour in zip(trace["text"], colours):
+            colour_of.setdefault(person_of(hover), set()).add(colour)
+    assert all(len(colours) == 1 for colours in colour_of.values()), colour_of
+    assert len({next(iter(c)) for c in colour_of.values()}) == len(colour_of)  # persons tell apart
+    legend = {t["name"]: t["marker"]["color"] for t in figure["data"] if t["name"].startswith("person ")}
+    assert legend == {f"person {pid}": next(iter(c)) for pid, c in colour_of.items()}
+
+
+def test_occlusion_colours_share_one_range(client):
+    figure = map_traces(client, "occlusion")
+    scaled = [t for t in figure["data"] if "cmin" in t.get("marker", {})]
+    assert {t["name"] for t in scaled} >= {"gallery", "query"}
+    assert {(t["marker"]["cmin"], t["marker"]["cmax"]) for t in scaled} == {(0, 1)}
+    assert sum(bool(t["marker"].get("showscale")) for t in scaled) == 1  # one colour bar for all
+
+
+def test_prototypes_are_drawn_among_their_persons_features(client):
+    figure = map_traces(client, "identity")
+    traces = {t["name"]: t for t in figure["data"]}
+    stars = np.stack([plotly_array(traces["prototype"]["x"]), plotly_array(traces["prototype"]["y"])], 1)
+    gallery = np.stack([plotly_array(traces["gallery"]["x"]), plotly_array(traces["gallery"]["y"])], 1)
+    assert stars.std(0).mean() > 0.3 * gallery.std(0).mean()  # spread over the map, not piled in one spot
+    assert "mean map position" in figure["note"] and "nearest" in traces["prototype"]["text"][0]
+    labels = [a for a in figure["layout"]["annotations"] if a["text"] in ("clean", "occluded")]
+    assert len(labels) == 2 and (labels[0]["ax"], labels[0]["ay"]) != (labels[1]["ax"], labels[1]["ay"])
+
+
+def test_a_selection_of_the_trail_alone_says_nothing_was_selectable(client):
+    canvas, _ = client.predict("identity", api_name="/umap")
+    grid, note = client.predict({**canvas, "event": {"type": "select", "points": []}}, api_name="/umap_select")
+    assert grid == [] and "Nothing selectable" in note
+
+
+# ----- the browser: pictures fit, no script errors -------------------------------------------------------------------
+def inside(box: dict, panel: dict, slack: float = 1.0) -> bool:
+    return (
+        box["x"] >= panel["x"] - slack
+        and box["y"] >= panel["y"] - slack
+        and box["x"] + box["width"] <= panel["x"] + panel["width"] + slack
+        and box["y"] + box["height"] <= panel["y"] + panel["height"] + slack
+    )
+
+
+def open_page(playwright, url: str, viewport: tuple[int, int]):
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is not installed")
+    browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER_ARGS)
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors = []
+    page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+    page.on("console", lambda message: errors.append(f"console: {message.text}") if message.type == "error" else None)
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#model_card", timeout=60000)
+    return browser, page, errors
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name))
+
+
+@pytest.mark.parametrize("viewport", [(1280, 720), (1600, 1000)])
+def test_gradcam_fits_its_panel(server, viewport):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser, page, errors = open_page(playwright, server, viewport)
+        page.get_by_role("tab", name="Query & occlude").click()
+        page.wait_for_selector("#clean_image img", timeout=30000)
+        page.get_by_text("Grad-CAM toward the matched prototype").click()
+        page.locator("#explain").click()
+        page.wait_for_selector("#gradcam img", timeout=60000)
+        page.wait_for_function("document.querySelector('#gradcam_note').innerText.includes('cosine')")
+        image = page.locator("#gradcam img")
+        image.scroll_into_view_if_needed()
+        box, panel = image.bounding_box(), page.locator("#gradcam").bounding_box()
+        assert inside(box, panel), (box, panel)
+        assert box["height"] <= 420 and box["width"] <= viewport[0]
+        natural = page.evaluate("(() => { const i = document.querySelector('#gradcam img'); "
+                                "return i.naturalWidth / i.naturalHeight; })()")  # fmt: skip
+        assert abs(box["width"] / box["height"] - natural) < 0.05  # aspect kept
+        assert "similarity" in page.inner_text("#gradcam_note")
+        shot(page, f"gradcam_{viewport[0]}x{viewport[1]}.png")
+        browser.close()
+    assert not errors, errors
+
+
+def test_map_lasso_over_the_trail_raises_no_script_error(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser, page, errors = open_page(playwright, server, (1280, 720))
+        page.get_by_role("tab", name="Query & occlude").click()
+        page.wait_for_selector("#clean_image img", timeout=30000)
+        page.get_by_role("tab", name="Paste an occluder").click()
+        page.locator("#occlude_paste").click()
+        page.wait_for_function("document.querySelector('#occlusion_info').innerText.includes('pasted')")
+        page.get_by_role("tab", name="Prototype space").click()
+        page.locator("#umap").click()
+        page.wait_for_function("document.querySelector('#umap_note').innerText.includes('UMAP')", timeout=180000)
+        page.wait_for_selector("#umap_canvas .umap-plot .main-svg", timeout=30000)
+        page.locator("#umap_canvas .umap-plot").scroll_into_view_if_needed()
+        shot(page, "map_1280x720.png")
+        trail = page.locator("#umap_canvas .scatterlayer .trace").nth(3).locator(".point").first.bounding_box()
+        x, y = trail["x"] + trail["width"] / 2, trail["y"] + trail["height"] / 2
+        page.mouse.move(x - 6, y - 6)  # a small lasso around the trail's clean end
+        page.mouse.down()
+        for dx, dy in ((6, -6), (6, 6), (-6, 6), (-6, -6)):
+            page.mouse.move(x + dx, y + dy, steps=3)
+        page.mouse.up()
+        page.wait_for_timeout(1500)
+        page.evaluate(  # a selection holding only the trail (no index) asks for nothing and says so
+            "(() => { const d = document.querySelector('#umap_canvas .umap-plot');"
+            " d.emit('plotly_selected', {points: [{curveNumber: 3, pointNumber: 0}]}); })()"
+        )
+        page.wait_for_function(
+            "document.querySelector('#umap_grid_note').innerText.includes('Nothing selectable')", timeout=30000
+        )
+        browser.close()
+    assert not errors, errors
