@@ -14,6 +14,14 @@ from dpmpp.data.records import ReIDRecord, Split
 from dpmpp.eval.baselines import HSVEmbedder
 from dpmpp.eval.extract import evaluate_similarity, top_match_pids
 from dpmpp.eval.metrics import ReIDMetrics, evaluate
+from dpmpp.sensitivity import (  # noqa: F401 - the facade's occlusion sensitivity
+    GREY,
+    MAX_POSITIONS,
+    SensitivityMap,
+    grey_block,
+    occlusion_sensitivity,
+    person_occluder,
+)
 
 OCCLUSION_BINS = (0.15, 0.3, 0.5, 1.01)  # query occluded-fraction bins (pets09_occ queries start at 0.15)
 PARTNER_OCCLUSION = 0.15  # a training crop at least this occluded lends its occlusion in the app's patch transfer

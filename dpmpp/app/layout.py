@@ -9,9 +9,9 @@ import gradio as gr
 from dpmpp.app.classroom import role_note
 from dpmpp.app.common import ABOUT, HIDDEN
 from dpmpp.app.state import start_checkpoint
-from dpmpp.app.views import failures, mask, model, query, retrieval, space
+from dpmpp.app.views import compare, failures, mask, model, query, retrieval, space
 
-VIEWS = (model, query, mask, retrieval, space, failures)  # the tabs, in order
+VIEWS = (model, query, mask, retrieval, compare, space, failures)  # the tabs, in order
 
 
 def build_demo(checkpoint: str | None = None) -> gr.Blocks:

@@ -396,11 +396,3 @@ def main(args) -> int:
         Path(args.out).write_text(result.to_json())
     print(format_table(result))
     return 0
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
