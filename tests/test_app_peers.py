@@ -4,7 +4,15 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from dpmpp.app.state import PEER_CHOICES, canonical, checkpoint_choices, checkpoint_for, explorer_for, prototype_map_for
+from dpmpp.app.state import (
+    PEER_CHOICES,
+    canonical,
+    checkpoint_choices,
+    checkpoint_for,
+    checkpoint_options,
+    explorer_for,
+    prototype_map_for,
+)
 from dpmpp.app.views.mask import mask_view
 from dpmpp.app.views.model import model_card
 from dpmpp.app.views.query import explain, new_view
@@ -21,6 +29,14 @@ def test_every_peer_is_listed_and_loads_by_name():
     assert set(PEER_CHOICES.values()) == {"osnet-x0.25-msmt17", "omz-0288", "omz-0287", "omz-0286", "omz-0277"}
     assert all(label in checkpoint_choices() for label in PEER_CHOICES)
     assert checkpoint_for(PEER) == PEER and canonical(PEER) == (PEER,)
+
+
+def test_the_checkpoint_list_shows_no_server_paths():
+    options = checkpoint_options()
+    folders = [(label, value) for label, value in options if value not in PEER_CHOICES and "HSV" not in value]
+    assert folders and [value for _, value in options] == checkpoint_choices()
+    assert all(value.startswith("/") and not label.startswith("/") and label in value for label, value in folders)
+    assert all(checkpoint_for(label) == value for label, value in folders)  # a label typed back loads the folder
 
 
 def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():

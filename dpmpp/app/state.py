@@ -60,6 +60,12 @@ def checkpoint_choices() -> list[str]:
     return sorted(listed) + [HSV, *PEER_CHOICES]
 
 
+def checkpoint_options() -> list[tuple[str, str]]:
+    """The listed checkpoints as (label, value) for a dropdown: folders labelled relative to the checkpoint folder,
+    so no visitor sees the server's paths."""
+    return [(c if c in BASELINES else display(c), c) for c in checkpoint_choices()]
+
+
 def canonical(checkpoint: str | None) -> tuple[str]:
     """One cache key per folder, however it is spelled (`ckpt/`, `//ckpt`, `ckpt/.`); None is the default."""
     if checkpoint in BASELINES:

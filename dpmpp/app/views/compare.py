@@ -136,7 +136,7 @@ def build(ui) -> None:
         gr.Markdown(EXPLAIN)
         with gr.Row():
             ui.model_b = gr.Dropdown(
-                state.checkpoint_choices(), value=state.HSV, label="model B", elem_id="model_b", scale=4
+                state.checkpoint_options(), value=state.HSV, label="model B", elem_id="model_b", scale=4
             )
             ui.compare_button = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         ui.compare_note = gr.Markdown(elem_id="compare_note")

@@ -24,7 +24,15 @@ from dpmpp.api import (
 from dpmpp.app import state
 from dpmpp.app.classroom import is_teacher, require_manager, session_of, teacher_login
 from dpmpp.app.common import SETTINGS, clip, display, public, refuse
-from dpmpp.app.state import BASELINES, HSV, PEER_CHOICES, check_checkpoint_quota, checkpoint_choices, checkpoint_for
+from dpmpp.app.state import (
+    BASELINES,
+    HSV,
+    PEER_CHOICES,
+    check_checkpoint_quota,
+    checkpoint_choices,
+    checkpoint_for,
+    checkpoint_options,
+)
 from dpmpp.app.views.query import query_choices
 from dpmpp.viz.curves import loss_figure
 
@@ -73,7 +81,7 @@ def upload_checkpoint(files, name: str, request: gr.Request | None = None):
         target = install_checkpoint(paths, SETTINGS["checkpoint_dir"], name)
     except CheckpointError as error:
         raise refuse(f"Not a usable checkpoint: {error}. Nothing was saved.", error) from error
-    return gr.update(choices=checkpoint_choices(), value=str(target)), f"Saved {display(target)}; press Load to use it."
+    return gr.update(choices=checkpoint_options(), value=str(target)), f"Saved {display(target)}; press Load to use it."
 
 
 def start_training(
@@ -113,7 +121,7 @@ def _status_view(jobs: int, version: int):
 
 def training_status():
     text, figure = _status_view(id(state.JOBS), state.JOBS.status().version)
-    return text, figure, gr.update(choices=checkpoint_choices())
+    return text, figure, gr.update(choices=checkpoint_options())
 
 
 def stop_training(request: gr.Request | None = None):
@@ -127,7 +135,7 @@ def build(ui) -> None:
     with gr.Tab("Model"):
         with gr.Row():
             ui.checkpoint_box = gr.Dropdown(
-                checkpoint_choices(),
+                checkpoint_options(),
                 value=ui.start,
                 label="checkpoint",
                 allow_custom_value=True,
