@@ -178,3 +178,77 @@ def test_map_lasso_over_the_trail_raises_no_script_error(server):
         )
         browser.close()
     assert not errors, errors
+
+
+# ----- 4. views say which query they show, and drop another query's results ----------------------------------------
+def test_headers_name_the_query_occlusion_and_model_and_stale_results_go():
+    from dpmpp.app.common import view_header
+    from dpmpp.app.views.mask import mask_cleared
+    from dpmpp.app.views.occlude import occlude_paste
+    from dpmpp.app.views.query import query_cleared, select_query
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    view = select_query(checkpoint, 4)[0]
+    header = view_header(checkpoint, view)
+    assert view["file"] in header and "none (as given)" in header and DEFAULT_CHECKPOINT.name in header
+    pasted = occlude_paste(view, "sign", 0.5, 0.5, 0.4)[0]
+    assert "sign pasted" in view_header(checkpoint, pasted)
+    header, bars, counts, contributions = mask_cleared(checkpoint, pasted)
+    assert bars is None and contributions is None and "Show mask" in counts
+    header, cams, note, steps = query_cleared(checkpoint, pasted)
+    assert cams is None and steps is None  # a paste leaves no transfer steps behind
+    transferred = {**pasted, "occlusion": {"method": "transfer", "partner": "x", "shift": 0}}
+    assert query_cleared(checkpoint, transferred)[3] == {"__type__": "update"}  # this occlusion's steps stay
+
+
+# ----- 6. rough edges -------------------------------------------------------------------------------------------------
+def test_a_case_naming_a_missing_query_is_refused_clearly(tmp_path):
+    import gradio as gr
+
+    from dpmpp.app.views.cases import export_case, import_case
+    from dpmpp.app.views.query import select_query
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    case = json.loads(Path(export_case(checkpoint, select_query(checkpoint, 2)[0], 10, True)).read_text())
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps({**case, "query_index": 9999}))
+    with pytest.raises(gr.Error, match="names query 9999, but the benchmark has 213 queries"):
+        import_case(checkpoint, str(path))
+    with pytest.raises(gr.Error, match="There is no query 9999"):
+        select_query(checkpoint, 9999)
+
+
+def test_a_refused_upload_says_the_previous_query_is_still_shown(tmp_path):
+    import gradio as gr
+
+    from dpmpp.app.views.query import upload_query
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    with pytest.raises(gr.Error, match="previous query is still shown"):
+        upload_query(str(DEFAULT_CHECKPOINT), str(broken))
+
+
+def test_views_follow_the_query_in_the_browser(server):
+    """Failures is filled when it opens; a selected row opens its query, says so, and the Mask tab drops the
+    previous query's plots and names the new one."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser, page, errors = open_page(playwright, server, (1280, 720))
+        page.get_by_role("tab", name="Mask").click()
+        page.wait_for_function("document.querySelector('#mask_header').innerText.includes('Showing')")
+        page.locator("#mask").click()
+        page.wait_for_function("document.querySelector('#mask_counts').innerText.includes('Active')", timeout=60000)
+        first = page.inner_text("#mask_header")
+        page.get_by_role("tab", name="Failures").click()
+        page.wait_for_function("document.querySelectorAll('#failure_table [role=row]').length > 5", timeout=30000)
+        assert "first true rank" in page.inner_text("#failure_table")  # the table's own columns, not "1 2 3"
+        page.locator("#failure_table [role=row]").nth(5).click()
+        page.wait_for_function(
+            "document.querySelector('#failure_note').innerText.includes('opened in the Query')", timeout=30000
+        )
+        page.get_by_role("tab", name="Mask").click()
+        page.wait_for_function("document.querySelector('#mask_counts').innerText.includes('Show mask')")
+        assert page.inner_text("#mask_header") != first and "Showing" in page.inner_text("#mask_header")
+        browser.close()
+    assert not errors, errors

@@ -68,3 +68,37 @@ def view_image(view: dict, which: str):
         raise gr.Error("Pick a query (or upload an image) first.")
     image = view.get(which)
     return view["clean"] if image is None else image
+
+
+def occlusion_text(view: dict | None) -> str:
+    """The session's occlusion in a few words."""
+    occlusion = (view or {}).get("occlusion") or {}
+    method = occlusion.get("method", "none")
+    if method == "paste":
+        return f"{occlusion.get('occluder', 'an occluder')} pasted"
+    if method == "transfer":
+        return f"patch transfer from {Path(str(occlusion.get('partner', ''))).name}"
+    if method == "paint":
+        return f"painted ({occlusion.get('fill', '')}, {occlusion.get('fraction', 0):.0%})"
+    return "none (as given)"
+
+
+def view_header(checkpoint: str, view: dict | None) -> str:
+    """One line that says which query, occlusion and model a view shows."""
+    if view is None or view.get("clean") is None:
+        return "*No query yet: pick one (or upload an image) in the Query & occlude tab.*"
+    query = (
+        f"query {view['query_index']} `{clip(view.get('file'))}`"
+        if view.get("query_index", -1) >= 0
+        else ("uploaded image")
+    )
+    model = checkpoint if not Path(str(checkpoint)).is_absolute() else display(checkpoint)
+    person = f", person {view['pid']}" if view.get("pid") is not None else ""
+    return f"**Showing** {query}{person} · **occlusion**: {occlusion_text(view)} · **model**: {clip(model)}"
+
+
+def on_query_change(ui, fn, outputs: list) -> None:
+    """Run fn(checkpoint, view) -> outputs whenever the session's query, its occlusion or its model changes, so a
+    view never shows another query's results."""
+    for state in (ui.view, ui.model):
+        state.change(fn, [ui.model, ui.view], outputs, **HIDDEN)

@@ -56,6 +56,12 @@ def import_case(checkpoint: str, file):
         raise gr.Error(str(error)) from error
     if case.query_index < 0:
         raise gr.Error("This case was made from an uploaded image, which the case file does not contain.")
+    count = len(state.explorer_for(checkpoint).split.query)
+    if case.query_index >= count:
+        raise gr.Error(
+            f"This case names query {case.query_index}, but the benchmark has {count} queries (0 to {count - 1}): "
+            "it was made for another benchmark, or edited. Nothing was loaded."
+        )
     notes = []
     if case.checkpoint_hash and checkpoint not in BASELINES and weights_hash(checkpoint) != case.checkpoint_hash:
         notes.append(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import gradio as gr
 
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN
-from dpmpp.app.views import cases
+from dpmpp.app.common import HIDDEN, on_query_change, view_header
+from dpmpp.app.views import cases, occlude
 from dpmpp.app.views.query import select_query
 from dpmpp.viz.curves import cmc_figure, occlusion_bins_figure
 
@@ -41,27 +41,38 @@ def open_failure(checkpoint: str, table, event: gr.SelectData):
     return (gr.update(value=query_index), *select_query(checkpoint, query_index))
 
 
+def opened(view: dict) -> str:
+    return f"Query {view['query_index']} (`{view['file']}`) opened in the Query & occlude tab; Retrieval shows it too."
+
+
 def build(ui) -> None:
-    with gr.Tab("Failures"):
+    table, cmc, bins = failures(ui.start, "all", 0, False)  # filled from the start, not an empty table
+    with gr.Tab("Failures") as ui.failures_tab:
+        ui.failures_header = gr.Markdown(elem_id="failures_header")
         gr.Markdown(EXPLAIN)
         with gr.Row():
             ui.occluder_filter = gr.Dropdown(["all", "person", "pole", "sign", "border"], value="all", label="occluder")
             ui.min_occluded = gr.Slider(0, 1, value=0, step=0.05, label="min occluded fraction")
             ui.only_failures = gr.Checkbox(value=False, label="only rank-1 failures")
             ui.failures_button = gr.Button("Refresh", elem_id="failures")
-        ui.table = gr.Dataframe(interactive=False, elem_id="failure_table", max_height=360)
+        ui.failure_note = gr.Markdown("Select a row to open that query.", elem_id="failure_note")
+        ui.table = gr.Dataframe(table, interactive=False, elem_id="failure_table", max_height=360)
         with gr.Row():
-            ui.cmc_plot = gr.Plot(label="CMC")
-            ui.bins_plot = gr.Plot(label="rank-1 and mAP by occlusion")
+            ui.cmc_plot = gr.Plot(cmc, label="CMC")
+            ui.bins_plot = gr.Plot(bins, label="rank-1 and mAP by occlusion")
         cases.build(ui)
 
 
 def wire(ui) -> None:
-    ui.failures_button.click(
-        failures,
-        [ui.model, ui.occluder_filter, ui.min_occluded, ui.only_failures],
-        [ui.table, ui.cmc_plot, ui.bins_plot],
-        api_name="failures",
+    listing = dict(
+        fn=failures,
+        inputs=[ui.model, ui.occluder_filter, ui.min_occluded, ui.only_failures],
+        outputs=[ui.table, ui.cmc_plot, ui.bins_plot],
     )
-    ui.table.select(open_failure, [ui.model, ui.table], [ui.query, *ui.shown], **HIDDEN)
+    ui.failures_button.click(api_name="failures", **listing)
+    ui.failures_tab.select(**listing, **HIDDEN)  # the loaded model's table whenever the tab opens
+    ui.table.select(open_failure, [ui.model, ui.table], [ui.query, *ui.shown], **HIDDEN).then(
+        opened, ui.view, ui.failure_note, **HIDDEN
+    ).then(**ui.refresh).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
+    on_query_change(ui, view_header, [ui.failures_header])
     cases.wire(ui)

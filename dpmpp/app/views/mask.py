@@ -6,7 +6,7 @@ import gradio as gr
 import numpy as np
 
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, view_image
+from dpmpp.app.common import HIDDEN, on_query_change, view_header, view_image
 from dpmpp.viz.mask_plots import contributions, mask_bars
 
 EXPLAIN = (
@@ -45,8 +45,14 @@ def mask_view(checkpoint: str, view: dict, threshold: float):
     return mask_bars(clean_mask, occluded_mask, threshold), counts, figure
 
 
+def mask_cleared(checkpoint: str, view: dict):
+    """A new query, occlusion or model: the header says which, the previous plots go."""
+    return view_header(checkpoint, view), None, "Press **Show mask** for this query.", None
+
+
 def build(ui) -> None:
     with gr.Tab("Mask"):
+        ui.mask_header = gr.Markdown(elem_id="mask_header")
         gr.Markdown(EXPLAIN)
         ui.threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold for 'active'")
         ui.mask_button = gr.Button("Show mask", elem_id="mask")
@@ -59,3 +65,4 @@ def wire(ui) -> None:
     inputs, outputs = [ui.model, ui.view, ui.threshold], [ui.mask_plot, ui.mask_counts, ui.contribution_plot]
     ui.mask_button.click(mask_view, inputs, outputs, api_name="mask")
     ui.threshold.release(mask_view, inputs, outputs, **HIDDEN)
+    on_query_change(ui, mask_cleared, [ui.mask_header, *outputs])

@@ -10,7 +10,7 @@ import numpy as np
 
 from dpmpp.api import ImageLoadError, load_image
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, refuse, view_image
+from dpmpp.app.common import HIDDEN, clip, on_query_change, refuse, view_header, view_image
 from dpmpp.app.views import occlude
 from dpmpp.app.widgets import UPLOAD_SIDE, CheckedImage
 from dpmpp.explorer import BenchmarkExplorer, prototype_persons
@@ -59,8 +59,11 @@ def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.nda
 
 def select_query(checkpoint: str, query_index: int):
     explorer = state.explorer_for(checkpoint)
-    if query_index is None or not 0 <= int(query_index) < len(explorer.split.query):
+    if query_index is None:
         raise gr.Error("Pick a query first.")
+    if not 0 <= int(query_index) < len(explorer.split.query):
+        count = len(explorer.split.query)
+        raise gr.Error(f"There is no query {int(query_index)}: the benchmark has {count} (0 to {count - 1}).")
     image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
     view = new_view(explorer, int(query_index), image)
     return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
@@ -74,9 +77,22 @@ def upload_query(checkpoint: str, image):
     try:
         array = np.asarray(load_image(image, max_side=UPLOAD_SIDE))
     except ImageLoadError as error:
-        raise refuse(str(error), error) from error
-    view = new_view(state.explorer_for(checkpoint), None, array)
-    return view, enlarge(array), None, "Uploaded image: identity unknown, so borders are grey and AP is not defined."
+        raise refuse(f"{error}. The previous query is still shown.", error) from error
+    view = {**new_view(state.explorer_for(checkpoint), None, array), "file": clip(Path(str(image)).name)}
+    return (
+        view,
+        enlarge(array),
+        None,
+        f"Uploaded image `{view['file']}`: identity unknown, so borders are grey and AP is not defined.",
+    )
+
+
+def query_cleared(checkpoint: str, view: dict):
+    """A new query, occlusion or model: the header says which; Grad-CAM goes, and the transfer steps unless they
+    are this occlusion's."""
+    method = ((view or {}).get("occlusion") or {}).get("method")
+    steps = gr.update() if method == "transfer" else None
+    return view_header(checkpoint, view), None, "", steps
 
 
 GRADCAM_NOTE = (
@@ -114,6 +130,7 @@ def explain(checkpoint: str, view: dict):
 def build(ui) -> None:
     choices = query_choices(state.explorer_for(ui.start))
     with gr.Tab("Query & occlude"):
+        ui.query_header = gr.Markdown(elem_id="query_header")
         gr.Markdown(EXPLAIN)
         with gr.Row():
             ui.query = gr.Dropdown(
@@ -145,3 +162,4 @@ def wire(ui) -> None:
     )
     occlude.wire(ui)
     ui.explain_button.click(explain, [ui.model, ui.view], [ui.cams, ui.cams_note], api_name="explain")
+    on_query_change(ui, query_cleared, [ui.query_header, ui.cams, ui.cams_note, ui.transfer_steps])

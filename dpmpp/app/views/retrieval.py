@@ -8,7 +8,7 @@ import math
 import gradio as gr
 
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, view_image
+from dpmpp.app.common import HIDDEN, on_query_change, view_header, view_image
 from dpmpp.viz.rank_strip import rank_strip
 
 EXPLAIN = (
@@ -49,6 +49,7 @@ def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
 
 def build(ui) -> None:
     with gr.Tab("Retrieval"):
+        ui.retrieval_header = gr.Markdown(elem_id="retrieval_header")
         gr.Markdown(EXPLAIN)
         with gr.Row():
             ui.top_k = gr.Slider(1, 20, value=10, step=1, label="top-k")
@@ -70,3 +71,4 @@ def wire(ui) -> None:
     ui.retrieve_button.click(api_name="retrieve", **retrieval)
     ui.refresh = {**retrieval, **HIDDEN}
     ui.use_mask.change(**ui.refresh)
+    on_query_change(ui, view_header, [ui.retrieval_header])

@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 
 from dpmpp.app import state
+from dpmpp.app.common import occlusion_text, on_query_change, view_header
 from dpmpp.app.map_page import UMAP_JS, UMAP_TEMPLATE
 from dpmpp.viz.umap_plot import umap_figure
 
@@ -19,6 +20,8 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
         images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
         trail = points.place(state.explorer_for(checkpoint).embed(images).features)
     note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
+    if trail is not None:
+        note = f"Trail: {view['file']}, clean → {occlusion_text(view)}. " + note
     gap = state.explorer_for(checkpoint).prototype_gap()
     if gap is not None:
         note += (
@@ -73,8 +76,13 @@ def umap_select(checkpoint: str, value: dict | None):
     raise gr.Error("Click a point, or select points with the lasso or box tool.")
 
 
+def space_header(checkpoint: str, view: dict) -> str:
+    return view_header(checkpoint, view) + " · the trail shows it once you press **Draw map**."
+
+
 def build(ui) -> None:
     with gr.Tab("Prototype space"):
+        ui.space_header = gr.Markdown(elem_id="space_header")
         ui.colour_by = gr.Radio(["identity", "correctness", "occlusion"], value="identity", label="colour by")
         ui.umap_button = gr.Button("Draw map", elem_id="umap")
         ui.umap_canvas = gr.HTML(value=None, html_template=UMAP_TEMPLATE, js_on_load=UMAP_JS, elem_id="umap_canvas")
@@ -94,3 +102,4 @@ def wire(ui) -> None:
     ui.umap_canvas.submit(
         umap_select, [ui.model, ui.umap_canvas], [ui.umap_grid, ui.umap_grid_note], api_name="umap_select"
     )
+    on_query_change(ui, space_header, [ui.space_header])
