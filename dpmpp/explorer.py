@@ -61,17 +61,31 @@ class FeatureEmbedder(Protocol):
         """Images (paths, PIL images or arrays) -> unit features [N, D]."""
 
 
+class MasklessModel:
+    """A `FeatureEmbedder` behind the Pipeline's interface (embed, embed_records, similarity): embeddings without
+    masks, matched by plain cosine. The explorer, and so every view, treats it as it treats a checkpoint."""
+
+    def __init__(self, embedder: FeatureEmbedder) -> None:
+        self.embedder = embedder
+
+    def embed(self, images) -> Embedding:
+        return Embedding(self.embedder.embed(list(images)), None)
+
+    def embed_records(self, records: list[ReIDRecord]) -> Embedding:
+        return self.embed([r.path for r in records])
+
+    def similarity(self, query: Embedding, gallery: Embedding, use_mask: bool = True) -> np.ndarray:
+        return query.features @ gallery.features.T
+
+
 class BenchmarkExplorer:
     """Query/gallery embeddings of a split, from a DPM++ checkpoint or a `FeatureEmbedder` (default: HSV floor)."""
 
     def __init__(self, split: Split, pipeline: Pipeline | None = None, embedder: FeatureEmbedder | None = None) -> None:
         self.split, self.pipeline = split, pipeline
         self.embedder = None if pipeline is not None else embedder or HSVEmbedder()
-        if pipeline is not None:
-            self.query, self.gallery = pipeline.embed_records(split.query), pipeline.embed_records(split.gallery)
-        else:
-            self.query = Embedding(self.embedder.embed([r.path for r in split.query]), None)
-            self.gallery = Embedding(self.embedder.embed([r.path for r in split.gallery]), None)
+        self.model = pipeline if pipeline is not None else MasklessModel(self.embedder)  # one interface for both
+        self.query, self.gallery = self.model.embed_records(split.query), self.model.embed_records(split.gallery)
         self.g_pids = np.array([r.pid for r in split.gallery])
         self.g_camids = np.array([r.camid for r in split.gallery])
         self._similarity: dict[bool, np.ndarray] = {}
@@ -141,14 +155,10 @@ class BenchmarkExplorer:
 
     def scores(self, query: Embedding, use_mask: bool = True) -> np.ndarray:
         """[N, G] similarity of any embedded images (e.g. an occluded query) to the gallery."""
-        if self.pipeline is None:
-            return query.features @ self.gallery.features.T
-        return self.pipeline.similarity(query, self.gallery, self._key(use_mask))
+        return self.model.similarity(query, self.gallery, self._key(use_mask))
 
     def embed(self, images) -> Embedding:
-        if self.pipeline is None:
-            return Embedding(self.embedder.embed(list(images)), None)
-        return self.pipeline.embed(images)
+        return self.model.embed(images)
 
     def metrics(self, use_mask: bool = True) -> ReIDMetrics:
         """The benchmark's metrics, with per-query AP and first-true-match rank (the metric's own numbers)."""
