@@ -153,10 +153,10 @@ def server(tmp_path_factory):
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log) -> None:
-    """Poll `url` for up to 3 minutes; if the server exits first, raise with the tail of `log()`."""
+    """Poll `url` for up to 6 minutes; if the server exits first, or never answers, raise."""
     from urllib.request import urlopen
 
-    for _ in range(180):
+    for _ in range(360):
         try:
             urlopen(url, timeout=1)
             return
@@ -164,6 +164,7 @@ def wait_until_up(url: str, process: subprocess.Popen, log) -> None:
             if process.poll() is not None:
                 raise RuntimeError(log()[-3000:]) from None
             time.sleep(1)
+    raise RuntimeError(f"the app at {url} did not answer within 6 minutes")
 
 
 def plotly_array(value) -> np.ndarray:
@@ -297,6 +298,8 @@ def test_browser_clicks_through_every_view(server, tmp_path):
             ],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_selector("#model_card", timeout=60000)
         assert "pets09_occ" in page.inner_text("#model_card")
@@ -317,6 +320,20 @@ def test_browser_clicks_through_every_view(server, tmp_path):
         page.wait_for_selector("#occluded_strip img", timeout=30000)
         assert "AP" in page.inner_text("#summary")
         page.screenshot(path=str(tmp_path / "retrieval.png"), full_page=True)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare").click()
+        page.wait_for_selector("#strip_b img", timeout=120000)
+        assert "HSV" in page.inner_text("#compare_note") and "A right" in page.inner_text("#compare_note")
+        page.locator("#sweep").click()
+        page.wait_for_selector("#sweep_plot .js-plotly-plot .main-svg", timeout=120000)
+        scales = page.evaluate(
+            "[...document.querySelector('#sweep_plot .js-plotly-plot').data].filter(t => t.type === 'heatmap')"
+            # z arrives typed ({bdata, shape}) or nested
+            ".map(t => [t.zmin, t.zmax, String(t.z.shape || [t.z.length, t.z[0].length]).replace(/ /g, '')])"
+        )
+        assert scales == [[0, 1, "10,5"], [0, 1, "10,5"]]  # both models, one AP scale, a 10 x 5 grid
+        plot, panel = (page.locator(s).bounding_box() for s in ("#sweep_plot .main-svg >> nth=0", "#sweep_plot"))
+        assert plot["width"] <= panel["width"] + 1 and plot["height"] > 300
         page.get_by_role("tab", name="Prototype space").click()
         page.locator("#umap").click()
         page.wait_for_function("document.querySelector('#umap_note').innerText.includes('UMAP')", timeout=120000)
@@ -332,6 +349,7 @@ def test_browser_clicks_through_every_view(server, tmp_path):
         page.screenshot(path=str(tmp_path / "failures.png"), full_page=True)
         browser.close()
     assert (tmp_path / "retrieval.png").stat().st_size > 20000
+    assert not errors, errors
 
 
 def test_server_serves_assets_but_no_other_files(server):
