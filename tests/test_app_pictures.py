@@ -252,3 +252,22 @@ def test_views_follow_the_query_in_the_browser(server):
         assert page.inner_text("#mask_header") != first and "Showing" in page.inner_text("#mask_header")
         browser.close()
     assert not errors, errors
+
+
+# ----- 5. retrieval for a projector ---------------------------------------------------------------------------------
+def test_retrieval_strip_has_large_crops_and_separate_labels():
+    from dpmpp.app.views.query import select_query
+    from dpmpp.app.views.retrieval import retrieve
+    from dpmpp.viz.rank_strip import RED, rank_strip
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    strip = np.asarray(retrieve(checkpoint, select_query(checkpoint, 0)[0], 10, True)[0])
+    tile = 128 + 2 * 4
+    assert strip.shape[1] >= 11 * tile and strip.shape[0] >= 16 + 256 + 8 + 3 * 20
+    caption = strip[16 + 256 + 8 :]
+    rows_with_ink = (caption < 100).all(axis=2).any(axis=1)
+    bands = np.flatnonzero(np.diff(rows_with_ink.astype(int)) == 1)
+    assert len(bands) >= 2  # "#1" and "0.614" on lines of their own
+    crop = sorted((ROOT / "assets/pets09_occ/crops/query").iterdir())[0]
+    wrong = np.asarray(rank_strip(crop, [(crop, False, 0.5, "P03")], size=(128, 256)))[16 + 256 + 8 :]
+    assert (np.abs(wrong.astype(int) - RED).sum(axis=2) < 30).any()  # "P03" under a wrong match, in red

@@ -18,25 +18,36 @@ def bordered(path_or_image, colour: tuple[int, int, int], size: tuple[int, int] 
 
 def rank_strip(
     query,
-    results: list[tuple[str, bool | None, float]],
+    results: list[tuple],
     size: tuple[int, int] = (64, 128),
     marks: list[str] | None = None,
 ) -> Image.Image:
-    """query image + (path, correct, score) per rank -> one strip, rank and score under each crop.
+    """query image + (path, correct, score[, who]) per rank -> one strip; under each crop, on lines of their own, the
+    rank ("#1"), the score ("0.614") and, where given, who a crop shows (e.g. "P03" under a wrong match).
 
     `marks` (optional, one per result) is printed above a crop, e.g. "new" for an item that entered the top-k.
     """
+    from PIL import ImageFont
+
     colour = {True: GREEN, False: RED, None: GREY}
-    tiles = [bordered(query, BLUE, size)] + [bordered(p, colour[ok], size) for p, ok, _ in results]
-    gap, caption, header = 10, 18, 16
+    tiles = [bordered(query, BLUE, size)] + [bordered(r[0], colour[r[1]], size) for r in results]
+    font = ImageFont.load_default(size=max(11, size[0] // 6))
+    line = font.size + 3
+    gap, caption, header = 10, 3 * line + 4, 16
     width = sum(t.width for t in tiles) + gap * len(tiles)
     strip = Image.new("RGB", (width, header + tiles[0].height + caption), "white")
     draw = ImageDraw.Draw(strip)
     x = 0
     for index, tile in enumerate(tiles):
         strip.paste(tile, (x, header))
-        label = "query" if index == 0 else f"#{index} {results[index - 1][2]:.3f}"
-        draw.text((x + 2, header + tile.height + 3), label, fill=(20, 20, 20))
+        if index == 0:
+            lines = ["query"]
+        else:
+            result = results[index - 1]
+            lines = [f"#{index}", f"{result[2]:.3f}"] + ([str(result[3])] if len(result) > 3 and result[3] else [])
+        for row, text in enumerate(lines):
+            fill = RED if row == 2 else (20, 20, 20)
+            draw.text((x + 2, header + tile.height + 3 + row * line), text, fill=fill, font=font)
         if index > 0 and marks and marks[index - 1]:
             draw.text((x + 2, 2), marks[index - 1], fill=(200, 110, 0))
         x += tile.width + gap

@@ -15,8 +15,11 @@ EXPLAIN = (
     "Blue: the query. Green: the same person, red: another person (grey: identity unknown). Gallery crops of the "
     "same person *and* the same track are hidden, as in the metric. Finding the same track again is tracking, "
     "not re-identification. AP is the query's average precision over the whole gallery. *new* marks an item that "
-    "entered the top-k after occlusion."
+    "entered the top-k after occlusion. Under each crop: its rank, its score and, for a wrong match, who it is."
 )
+
+
+STRIP_CROP = (128, 256)  # each crop in the strip, before the page scales the strip to the panel's width
 
 
 def top_k_of(top_k) -> int:
@@ -35,7 +38,8 @@ def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
     before = {i.gallery_index for i in results[0].items}
     for label, image, result in zip(("as given", "with synthetic occlusion"), images, results):
         marks = ["new" if image is not clean and i.gallery_index not in before else "" for i in result.items]
-        strips.append(rank_strip(image, [(i.path, i.correct, i.score) for i in result.items], marks=marks))
+        items = [(i.path, i.correct, i.score, f"P{i.pid:02d}" if i.correct is False else "") for i in result.items]
+        strips.append(rank_strip(image, items, size=STRIP_CROP, marks=marks))
         ap = "AP n/a (identity unknown)" if math.isnan(result.ap) else f"AP {result.ap:.3f}"
         first = f"first true match at rank {result.first_true_rank}" if result.first_true_rank else "no true match"
         lines.append(f"**{label}**: {ap}, {first if view.get('pid') is not None else 'identity unknown'}")
