@@ -9,6 +9,7 @@ from PIL import Image
 
 from dpmpp.app import state
 from dpmpp.app.common import display, refuse, view_image
+from dpmpp.app.views.retrieval import STRIP_CROP, strip_items
 from dpmpp.explorer import GREY, MAX_POSITIONS, grey_block, occlusion_sensitivity, person_occluder
 from dpmpp.viz.rank_strip import rank_strip
 from dpmpp.viz.sensitivity import METRICS, sensitivity_figure
@@ -56,7 +57,7 @@ def compare(checkpoint: str, model_b: str, view: dict, use_mask: bool, request: 
     for name, explorer in zip((checkpoint, other), explorers):
         scores = explorer.scores(explorer.embed([image]), use_mask)[0]
         result = explorer.rank(scores, view.get("pid"), view.get("camid"), TOP_K)
-        strips.append(rank_strip(image, [(i.path, i.correct, i.score) for i in result.items]))
+        strips.append(rank_strip(image, strip_items(result), size=STRIP_CROP))
         first = f"first true match at rank {result.first_true_rank}" if result.first_true_rank else "no true match"
         known = view.get("pid") is not None
         lines.append(f"**{model_label(name)}**: " + (f"AP {result.ap:.3f}, {first}" if known else "identity unknown"))

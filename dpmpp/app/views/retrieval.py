@@ -27,6 +27,11 @@ def top_k_of(top_k) -> int:
     return min(max(int(top_k or 10), 1), 20)
 
 
+def strip_items(result) -> list[tuple]:
+    """(path, correct, score, who) per ranked item: a wrong match names its person."""
+    return [(i.path, i.correct, i.score, f"P{i.pid:02d}" if i.correct is False else "") for i in result.items]
+
+
 def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
     explorer = state.explorer_for(checkpoint)
     clean = view_image(view, "clean")
@@ -38,8 +43,7 @@ def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
     before = {i.gallery_index for i in results[0].items}
     for label, image, result in zip(("as given", "with synthetic occlusion"), images, results):
         marks = ["new" if image is not clean and i.gallery_index not in before else "" for i in result.items]
-        items = [(i.path, i.correct, i.score, f"P{i.pid:02d}" if i.correct is False else "") for i in result.items]
-        strips.append(rank_strip(image, items, size=STRIP_CROP, marks=marks))
+        strips.append(rank_strip(image, strip_items(result), size=STRIP_CROP, marks=marks))
         ap = "AP n/a (identity unknown)" if math.isnan(result.ap) else f"AP {result.ap:.3f}"
         first = f"first true match at rank {result.first_true_rank}" if result.first_true_rank else "no true match"
         lines.append(f"**{label}**: {ap}, {first if view.get('pid') is not None else 'identity unknown'}")
