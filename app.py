@@ -17,8 +17,10 @@ import argparse
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
+import torch
 from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
@@ -53,6 +55,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def warm_up_and_say(checkpoint: str) -> None:
+    """Fill the slow caches, then tell the console: the first map and patch transfer answer at once from here on."""
+    started = time.perf_counter()
+    try:
+        warm_up(checkpoint)
+    except Exception:  # noqa: BLE001 - the views compute what is missing when asked
+        logging.exception("warm-up failed; the views will compute their caches when first used")
+    print(
+        f"dpmpp app ready ({time.perf_counter() - started:.0f} s to fill the map and patch-transfer caches).",
+        flush=True,
+    )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
@@ -64,7 +79,9 @@ def main(argv=None) -> None:
     SETTINGS["checkpoint_quota_mb"], SETTINGS["upload_quota_mb"] = args.checkpoint_quota_mb, args.upload_quota_mb
     SETTINGS["start"] = start = start_checkpoint(args.checkpoint)
     demo = build_demo(start)
-    threading.Thread(target=warm_up, args=(start,), daemon=True).start()
+    if SETTINGS["classroom"]:
+        torch.set_num_threads(1)  # many small requests at once: one core each, not every request on every core
+    threading.Thread(target=warm_up_and_say, args=(start,), daemon=True).start()
     threading.Thread(target=expire_sessions_forever, args=(demo,), daemon=True).start()
     mode = "classroom mode" if SETTINGS["classroom"] else "open mode (every visitor may train and upload)"
     print(  # the console is the teacher's: the token is shown nowhere else

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +28,7 @@ from dpmpp.sensitivity import (  # noqa: F401 - the facade's occlusion sensitivi
 
 OCCLUSION_BINS = (0.15, 0.3, 0.5, 1.01)  # query occluded-fraction bins (pets09_occ queries start at 0.15)
 PARTNER_OCCLUSION = 0.15  # a training crop at least this occluded lends its occlusion in the app's patch transfer
+EMBEDDING_MEMO = 1024  # pixel arrays whose embedding an explorer remembers (about 4 kB each)
 
 
 def transfer_partners(split: Split) -> list[ReIDRecord]:
@@ -50,6 +54,17 @@ class Retrieval:
     hidden: int  # gallery items hidden by the same-pid-same-camera rule
     query_path: str = ""
     query_index: int = -1
+
+
+def _pixel_key(image) -> bytes | None:
+    """A content key of a pixel array or PIL image (its shape, type and bytes); None for a path."""
+    if hasattr(image, "tobytes") and hasattr(image, "size") and not isinstance(image, np.ndarray):
+        image = np.asarray(image)  # a PIL image
+    if not isinstance(image, np.ndarray):
+        return None
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
+    digest.update(f"{image.shape}{image.dtype}".encode())
+    return digest.digest()
 
 
 class FeatureEmbedder(Protocol):
@@ -90,6 +105,8 @@ class BenchmarkExplorer:
         self.g_camids = np.array([r.camid for r in split.gallery])
         self._similarity: dict[bool, np.ndarray] = {}
         self._metrics: dict[bool, ReIDMetrics] = {}
+        self._memo: OrderedDict[bytes, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
     @property
     def has_mask(self) -> bool:
@@ -158,7 +175,46 @@ class BenchmarkExplorer:
         return self.model.similarity(query, self.gallery, self._key(use_mask))
 
     def embed(self, images) -> Embedding:
-        return self.model.embed(images)
+        """Embed images (paths, PIL images or arrays). Pixel arrays and PIL images are remembered by their content
+        (the last `EMBEDDING_MEMO`), so the views of one query (retrieval, mask, compare) embed it once."""
+        images = list(images)
+        keys = [_pixel_key(image) for image in images]
+        rows: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(images)
+        with self._memo_lock:
+            for i, key in enumerate(keys):
+                if key is not None and key in self._memo:
+                    self._memo.move_to_end(key)
+                    rows[i] = self._memo[key]
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if len(todo) == len(images):
+            fresh = self.model.embed(images)
+            self._remember(keys, fresh)
+            return fresh
+        if todo:
+            fresh = self.model.embed([images[i] for i in todo])
+            self._remember([keys[i] for i in todo], fresh)
+            for row, i in enumerate(todo):
+                rows[i] = (fresh.features[row], None if fresh.masks is None else fresh.masks[row])
+        masks = None if rows[0][1] is None else np.stack([mask for _, mask in rows])
+        return Embedding(np.stack([feature for feature, _ in rows]), masks)
+
+    def remember_query(self, image, index: int) -> None:
+        """`image` is benchmark query `index` as loaded from its file: its embedding is the one already computed."""
+        key = _pixel_key(image)
+        masks = self.query.masks
+        self._remember(
+            [key],
+            Embedding(self.query.features[index : index + 1], None if masks is None else masks[index : index + 1]),
+        )
+
+    def _remember(self, keys: list[bytes | None], embedded: Embedding) -> None:
+        with self._memo_lock:
+            for row, key in enumerate(keys):
+                if key is not None:
+                    mask = None if embedded.masks is None else embedded.masks[row]
+                    self._memo[key] = (embedded.features[row], mask)
+            while len(self._memo) > EMBEDDING_MEMO:
+                self._memo.popitem(last=False)
 
     def metrics(self, use_mask: bool = True) -> ReIDMetrics:
         """The benchmark's metrics, with per-query AP and first-true-match rank (the metric's own numbers)."""

@@ -234,10 +234,7 @@ class TrainingJobs:
             )
         except OSError as error:
             raise RuntimeError(f"the training process could not start: {error}") from error
-        try:  # at once, so that even the child's imports run at the lower priority; the child checks it again
-            os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
-        except (AttributeError, OSError):
-            pass
+        _lower_priority(process.pid, niceness)  # at once, so that even its imports run low; the child does it again
         _LIVE.add(process)
         job = {"config": config.to_dict(), "out_dir": str(out_dir), "train": self.train}
         _tell(process, json.dumps({**job, "threads": int(threads), "niceness": niceness, "grace_s": self.grace_s}))
@@ -394,6 +391,28 @@ def _tell(process: subprocess.Popen | None, line: str) -> None:
         pass
 
 
+def _lower_priority(pid: int, niceness: int) -> None:
+    """Give a process (0: this one) what the CPUs leave: Linux's idle scheduling class, where a process runs only
+    on a core nobody else wants, and `niceness` as well (where the class is missing, niceness alone)."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, pid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
+def _idle() -> bool:
+    """Whether this process runs in the idle scheduling class."""
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_IDLE
+    except (AttributeError, OSError):
+        return False
+
+
 def _niceness() -> int:
     try:
         return os.getpriority(os.PRIO_PROCESS, 0)
@@ -449,8 +468,7 @@ def worker_main() -> None:
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING)
     spec = json.loads(sys.stdin.readline())
-    if _niceness() < spec["niceness"]:
-        os.setpriority(os.PRIO_PROCESS, 0, spec["niceness"])
+    _lower_priority(0, spec["niceness"])
     import torch
 
     torch.set_num_threads(spec["threads"])
@@ -463,7 +481,7 @@ def worker_main() -> None:
         except (OSError, ValueError):  # the server is gone
             stop.set()
 
-    send("started", pid=os.getpid(), niceness=_niceness(), threads=torch.get_num_threads())
+    send("started", pid=os.getpid(), niceness=_niceness(), idle=_idle(), threads=torch.get_num_threads())
     try:
         train = _resolve(spec["train"])
         config = Config.from_dict(spec["config"])

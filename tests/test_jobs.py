@@ -62,6 +62,8 @@ def test_a_training_runs_in_a_niced_child_and_only_its_owner_stops_it(tmp_path):
     assert status.state == "running" and status.pid not in (0, os.getpid())
     assert int((tmp_path / "run" / "pid").read_text()) == status.pid  # the training itself ran there
     assert os.getpriority(os.PRIO_PROCESS, status.pid) >= min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
+    if hasattr(os, "SCHED_IDLE"):  # Linux: it runs only on cores the server leaves idle
+        assert os.sched_getscheduler(status.pid) == os.SCHED_IDLE
     with pytest.raises(StopRefused, match="another session"):
         jobs.stop(requester="bob")
     assert jobs.status().state == "running"

@@ -1,10 +1,12 @@
 """`bench load`: a class on one server.
 
-Starts the app on loopback in classroom mode (bundled default model) as a subprocess, optionally has the teacher
-start a training through the app's API, then lets N students work at once through `gradio_client`, each with its
-own session: select a query, paste an occluder, retrieve, show the mask, `rounds` times, pausing `think_s` between
-clicks, while polling the training status every `poll_s` like the page's timer. Records each step's latency and
-errors, and samples the server's memory (RSS; its training process apart) and the disk its folders use.
+Starts the app on loopback in classroom mode (bundled default model) as a subprocess, waits until it says its caches
+are filled (a teacher starts it before the class), optionally has the teacher start a training through the app's
+API, then lets N students work at once, each with its own session, speaking Gradio's queue protocol as the page
+does: select a query, paste an occluder, retrieve, show the mask, `rounds` times, pausing `think_s` between clicks,
+while polling the training status every `poll_s` like the page's timer. Records each step's latency and errors, the
+CPU time of the server, its training process and the load generator itself (which shares the cores here, where a
+real class's browsers would not), and samples the server's memory and the disk its folders use.
 `python -m dpmpp bench load --students 30 --rounds 3 [--no-training]`. A benchmark, not a test.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import random
 import re
 import secrets
@@ -50,6 +53,7 @@ class LoadResult:
     disk: list[dict] = field(default_factory=list)  # samples: t, then MB per folder
     training: str = ""  # the training status at the end
     training_setup: str = ""  # what the teacher started
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the class: server, training, clients
 
     def rows(self) -> list[dict]:
         """One row per step: calls, errors, p50, p95 and max latency in ms (NaN where no call succeeded)."""
@@ -118,6 +122,7 @@ class Server:
                 command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=log, env=env, text=True
             )
         self._printed: list[str] = []
+        self.ready = threading.Event()  # the app said its caches are filled
         threading.Thread(target=self._read_console, daemon=True).start()
         self._wait_until_up(start_timeout_s)
 
@@ -127,6 +132,8 @@ class Server:
             found = re.search(r"[?&]teacher=([\w-]+)", line)
             if found:  # the token the server printed is the one it checks
                 self.token = found.group(1)
+            if line.startswith("dpmpp app ready"):
+                self.ready.set()
 
     def _wait_until_up(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -159,6 +166,25 @@ class Server:
                 pass
         return {"server_mb": rss / MB, "training_mb": training / MB}
 
+    def cpu_seconds(self) -> dict:
+        """CPU seconds (user + system) used so far by the server and, apart, by its live children."""
+        import psutil
+
+        try:
+            server = psutil.Process(self.process.pid)
+            times = server.cpu_times()
+            children = server.children(recursive=True)
+        except psutil.Error:
+            return {"server": math.nan, "training": math.nan}
+        training = 0.0
+        for child in children:
+            try:
+                child_times = child.cpu_times()
+                training += child_times.user + child_times.system
+            except psutil.Error:
+                pass
+        return {"server": times.user + times.system, "training": training}
+
     def disk(self) -> dict:
         return {name: folder_bytes(path) / MB for name, path in self.folders.items()}
 
@@ -170,6 +196,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def folder_bytes(folder: Path) -> int:
@@ -202,18 +233,122 @@ class Recorder:
         return value
 
 
-def client_for(url: str, downloads: Path, timeout_s: float):
-    from gradio_client import Client
-
-    downloads.mkdir(parents=True, exist_ok=True)
-    return Client(url, verbose=False, download_files=str(downloads), httpx_kwargs={"timeout": timeout_s})
+class AppError(RuntimeError):
+    """A call the app answered with an error, or refused (queue full)."""
 
 
-def student(url: str, index: int, result: LoadResult, recorder: Recorder, folder: Path, seed: int, timeout_s: float):
+class Endpoints:
+    """The app's named events, read once from its `/config`: per API name, the event id and how to fill its inputs
+    (state inputs are kept by the server; other inputs not given take their component's initial value)."""
+
+    def __init__(self, http, url: str) -> None:
+        config = http.get(url + "config").raise_for_status().json()
+        components = {c["id"]: c for c in config["components"]}
+        self.events = {}
+        for dependency in config["dependencies"]:
+            inputs = [components[i] for i in dependency["inputs"]]
+            self.events[dependency.get("api_name")] = (
+                dependency["id"],
+                [(c["type"] == "state", c.get("props", {}).get("value")) for c in inputs],
+            )
+
+    def payload(self, api_name: str, args: tuple) -> dict:
+        fn_index, inputs = self.events[api_name]
+        given, data = list(args), []
+        for is_state, initial in inputs:
+            data.append(None if is_state else given.pop(0) if given else initial)
+        return {"fn_index": fn_index, "data": data, "event_data": None, "trigger_id": None}
+
+
+class PageClient:
+    """What one browser tab asks of the server, over Gradio's own queue protocol: join an event, then read the
+    session's one event stream (as the page does, one reader for every event of the session, the status poll's
+    included); output files are fetched as the page would show them. Lighter than `gradio_client`, so that the load
+    generator, which shares the server's cores here, takes little from it."""
+
+    def __init__(self, http, url: str, endpoints: Endpoints, timeout_s: float = 300.0) -> None:
+        self.http, self.url, self.endpoints, self.timeout_s = http, url, endpoints, timeout_s
+        self.session = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._waiting: dict[str, queue.Queue] = {}  # event id -> where its result goes
+        self._early: dict[str, dict] = {}  # results read before their caller registered
+        self._reading = False
+        http.get(url).raise_for_status()  # the page; its config is what `endpoints` read
+        http.get(url + "config").raise_for_status()
+
+    def predict(self, *args, api_name: str):
+        body = {**self.endpoints.payload(api_name.lstrip("/"), args), "session_hash": self.session}
+        joined = self.http.post(self.url + "gradio_api/queue/join", json=body)
+        if joined.status_code == 503:
+            raise AppError("queue full")
+        event = joined.raise_for_status().json()["event_id"]
+        box: queue.Queue = queue.Queue(maxsize=1)
+        with self._lock:
+            if event in self._early:
+                box.put(self._early.pop(event))
+            else:
+                self._waiting[event] = box
+            if not self._reading:
+                self._reading = True
+                threading.Thread(target=self._read, daemon=True).start()
+        try:
+            message = box.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise AppError(f"no result in {self.timeout_s:g} s") from None
+        finally:
+            with self._lock:
+                self._waiting.pop(event, None)
+        output = message.get("output") or {}
+        if not message.get("success"):
+            raise AppError(str(output.get("error") or message.get("title") or "error"))
+        data = output.get("data", [])
+        for value in data:  # the page loads the images it is sent
+            if isinstance(value, dict) and value.get("url"):
+                self.http.get(value["url"]).raise_for_status()
+        return data
+
+    def _read(self) -> None:
+        """The session's event stream, until the server closes it; reopened while events are still awaited."""
+        while True:
+            try:
+                with self.http.stream(
+                    "GET", self.url + "gradio_api/queue/data", params={"session_hash": self.session}
+                ) as response:
+                    for line in response.iter_lines():
+                        if line.startswith("data:"):
+                            self._dispatch(json.loads(line[5:]))
+            except Exception:  # noqa: BLE001 - a dropped stream is reopened; a caller times out at worst
+                time.sleep(0.2)
+            with self._lock:
+                if not self._waiting:
+                    self._reading = False
+                    return
+
+    def _dispatch(self, message: dict) -> None:
+        if message.get("msg") != "process_completed":
+            return
+        with self._lock:
+            box = self._waiting.get(message.get("event_id"))
+            if box is None:
+                self._early[message.get("event_id")] = message
+            else:
+                box.put(message)
+
+    def close(self) -> None:
+        pass
+
+
+def http_client(timeout_s: float):
+    import httpx
+
+    return httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=None, max_keepalive_connections=200))
+
+
+def student(url: str, index: int, result: LoadResult, recorder: Recorder, http, endpoints: Endpoints, seed: int):
     """One student: open the page, then `rounds` times select, paste, retrieve, mask; the status polled meanwhile."""
     rng = random.Random(seed * 1000 + index)
     pause = lambda: time.sleep(result.think_s * rng.uniform(0.5, 1.5))
-    client = recorder.call("open page", client_for, url, folder / f"student_{index}", timeout_s)
+    client = recorder.call("open page", PageClient, http, url, endpoints, http.timeout.read or 300.0)
     if client is None:
         return
     done = threading.Event()
@@ -252,10 +387,10 @@ def sample_forever(server: Server, result: LoadResult, started: float, stop: thr
             return
 
 
-def start_teacher_training(url: str, token: str, folder: Path, preset: str, epochs: int, timeout_s: float):
+def start_teacher_training(url: str, token: str, http, endpoints: Endpoints, preset: str, epochs: int):
     """The teacher logs in with the token and starts a training; returns the teacher's client once the training has
     taken its first step (or after two minutes)."""
-    teacher = client_for(url, folder / "teacher", timeout_s)
+    teacher = PageClient(http, url, endpoints)
     teacher.predict(token, api_name="/teacher_login")
     teacher.predict("pets09_occ", "", preset, epochs, "load_bench", ["dynamic mask", "text stage"], api_name="/train")
     deadline = time.monotonic() + 120
@@ -296,15 +431,18 @@ def run_load(
     )
     try:
         sampler.start()
+        server.ready.wait(300)  # a teacher starts the app before the class: its caches are filled
+        http = http_client(timeout_s)
+        endpoints = Endpoints(http, server.url)
         warm = Recorder(LoadResult(1, 1, False, 0.0, poll_s))  # the teacher tries the page before the class
-        student(server.url, -1, warm.result, warm, folder / "warm_up", seed, timeout_s)
+        student(server.url, -1, warm.result, warm, http, endpoints, seed)
         if with_training:
-            teacher = start_teacher_training(server.url, server.token, folder, train_preset, train_epochs, timeout_s)
+            teacher = start_teacher_training(server.url, server.token, http, endpoints, train_preset, train_epochs)
             result.training_setup = f"{train_preset}, {train_epochs} epochs, pets09_occ"
         recorder = Recorder(result)
-        started = time.monotonic()
+        started, cpu_before, own_before = time.monotonic(), server.cpu_seconds(), _own_cpu_seconds()
         threads = [
-            threading.Thread(target=student, args=(server.url, i, result, recorder, folder, seed, timeout_s))
+            threading.Thread(target=student, args=(server.url, i, result, recorder, http, endpoints, seed))
             for i in range(students)
         ]
         for thread in threads:
@@ -312,6 +450,9 @@ def run_load(
         for thread in threads:
             thread.join()
         result.wall_s = time.monotonic() - started
+        cpu_after = server.cpu_seconds()
+        result.cpu_s = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+        result.cpu_s["students' clients"] = _own_cpu_seconds() - own_before
         if teacher is not None:
             result.training = teacher.predict(api_name="/train_status")[0]
             teacher.predict(api_name="/stop_training")
@@ -356,6 +497,10 @@ def format_table(result: LoadResult) -> str:
         lines.append(f"| {label} | " + " | ".join(_mb([s[key] for s in result.memory])) + " |")
     for name in [k for k in (result.disk[0] if result.disk else {}) if k != "t"]:
         lines.append(f"| {name} (disk) | " + " | ".join(_mb([s[name] for s in result.disk], 1)) + " |")
+    if result.cpu_s:
+        cores = os.cpu_count() or 1
+        used = ", ".join(f"{name} {seconds:,.0f} s" for name, seconds in result.cpu_s.items())
+        lines += ["", f"CPU time during the class ({cores} cores × {result.wall_s:.0f} s available): {used}"]
     if result.training:
         lines += ["", f"Training at the end: {result.training}"]
     seen = sorted({f"{step}: {error}" for step, errors in result.errors.items() for error in errors})

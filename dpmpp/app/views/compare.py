@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from dpmpp.app import state
-from dpmpp.app.common import display, refuse, view_image
+from dpmpp.app.common import PHOTO, display, refuse, view_image
 from dpmpp.app.views.retrieval import STRIP_CROP, strip_items
 from dpmpp.explorer import GREY, MAX_POSITIONS, grey_block, occlusion_sensitivity, person_occluder
 from dpmpp.viz.rank_strip import rank_strip
@@ -142,8 +142,8 @@ def build(ui) -> None:
             ui.compare_button = gr.Button("Compare", variant="primary", elem_id="compare", scale=1)
         ui.compare_note = gr.Markdown(elem_id="compare_note")
         with gr.Row():
-            ui.strip_a = gr.Image(label="model A", type="pil", elem_id="strip_a")
-            ui.strip_b = gr.Image(label="model B", type="pil", elem_id="strip_b")
+            ui.strip_a = gr.Image(label="model A", type="pil", elem_id="strip_a", **PHOTO)
+            ui.strip_b = gr.Image(label="model B", type="pil", elem_id="strip_b", **PHOTO)
         with gr.Accordion("Occlusion sensitivity", open=True):
             with gr.Row():
                 choices = [GREY, PERSON, *state.occluder_bank()]

@@ -10,7 +10,7 @@ import numpy as np
 
 from dpmpp.api import ImageLoadError, load_image
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, clip, on_query_change, refuse, view_header, view_image
+from dpmpp.app.common import HIDDEN, PHOTO, clip, on_query_change, refuse, view_header, view_image
 from dpmpp.app.views import occlude
 from dpmpp.app.widgets import UPLOAD_SIDE, CheckedImage
 from dpmpp.explorer import BenchmarkExplorer, prototype_persons
@@ -65,6 +65,7 @@ def select_query(checkpoint: str, query_index: int):
         count = len(explorer.split.query)
         raise gr.Error(f"There is no query {int(query_index)}: the benchmark has {count} (0 to {count - 1}).")
     image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
+    explorer.remember_query(image, int(query_index))  # retrieval and mask need not embed it again
     view = new_view(explorer, int(query_index), image)
     return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
 
@@ -140,16 +141,16 @@ def build(ui) -> None:
                 type="filepath", image_mode=None, label="or upload a person crop", height=160, scale=1
             )
         with gr.Row():
-            ui.clean_image = gr.Image(label="query", height=280, interactive=False, elem_id="clean_image")
+            ui.clean_image = gr.Image(label="query", height=280, interactive=False, elem_id="clean_image", **PHOTO)
             ui.occluded_image = gr.Image(
-                label="occluded query", height=280, interactive=False, elem_id="occluded_image"
+                label="occluded query", height=280, interactive=False, elem_id="occluded_image", **PHOTO
             )
         ui.info = gr.Markdown(elem_id="occlusion_info")
         ui.shown = [ui.view, ui.clean_image, ui.occluded_image, ui.info]  # what picking a query sets
         occlude.build(ui)
         with gr.Accordion("Grad-CAM toward the matched prototype", open=False):
             ui.explain_button = gr.Button("Explain", elem_id="explain")
-            ui.cams = gr.Image(label="Grad-CAM", type="pil", height=340, interactive=False, elem_id="gradcam")
+            ui.cams = gr.Image(label="Grad-CAM", type="pil", height=340, interactive=False, elem_id="gradcam", **PHOTO)
             ui.cams_note = gr.Markdown(elem_id="gradcam_note")
 
 

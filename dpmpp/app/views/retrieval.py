@@ -8,7 +8,7 @@ import math
 import gradio as gr
 
 from dpmpp.app import state
-from dpmpp.app.common import HIDDEN, on_query_change, view_header, view_image
+from dpmpp.app.common import HIDDEN, PHOTO, on_query_change, view_header, view_image
 from dpmpp.viz.rank_strip import rank_strip
 
 EXPLAIN = (
@@ -63,8 +63,10 @@ def build(ui) -> None:
             ui.top_k = gr.Slider(1, 20, value=10, step=1, label="top-k")
             ui.use_mask = gr.Checkbox(value=True, label="masked metric (off: plain cosine)")
             ui.retrieve_button = gr.Button("Retrieve", variant="primary", elem_id="retrieve")
-        ui.clean_strip = gr.Image(label="query as given", type="pil", elem_id="clean_strip")
-        ui.occluded_strip = gr.Image(label="query with your synthetic occlusion", type="pil", elem_id="occluded_strip")
+        ui.clean_strip = gr.Image(label="query as given", type="pil", elem_id="clean_strip", **PHOTO)
+        ui.occluded_strip = gr.Image(
+            label="query with your synthetic occlusion", type="pil", elem_id="occluded_strip", **PHOTO
+        )
         ui.summary = gr.Markdown(elem_id="summary")
 
 
