@@ -25,9 +25,8 @@ def test_only_the_app_package_imports_gradio_and_only_cli_imports_argparse():
         modules = imported_modules(path)
         if not path.is_relative_to(APP):
             assert not any(m.split(".")[0] == "gradio" for m in modules), path
-        # gradio_client is an HTTP client, not the UI framework: only the load benchmark drives a launched app with it
-        if path != PACKAGE / "bench" / "load.py":
-            assert not any(m.split(".")[0] == "gradio_client" for m in modules), path
+        # the load benchmark speaks Gradio's queue protocol over httpx: no library module needs gradio_client
+        assert not any(m.split(".")[0] == "gradio_client" for m in modules), path
         if path.name != "cli.py" or path.is_relative_to(APP):
             assert "argparse" not in modules, path
 
