@@ -60,12 +60,11 @@ def warm_up_and_say(checkpoint: str) -> None:
     started = time.perf_counter()
     try:
         warm_up(checkpoint)
+        filled = f"{time.perf_counter() - started:.0f} s to fill the map and patch-transfer caches"
     except Exception:  # noqa: BLE001 - the views compute what is missing when asked
         logging.exception("warm-up failed; the views will compute their caches when first used")
-    print(
-        f"dpmpp app ready ({time.perf_counter() - started:.0f} s to fill the map and patch-transfer caches).",
-        flush=True,
-    )
+        filled = "the warm-up failed, see the log; the first map will be slow"
+    print(f"dpmpp app ready ({filled}).", flush=True)
 
 
 def main(argv=None) -> None:

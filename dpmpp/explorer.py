@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from dpmpp.api import Embedding, Explanation, Pipeline, TransferView
 from dpmpp.data.foreground import PersonMasks
@@ -58,8 +59,8 @@ class Retrieval:
 
 def _pixel_key(image) -> bytes | None:
     """A content key of a pixel array or PIL image (its shape, type and bytes); None for a path."""
-    if hasattr(image, "tobytes") and hasattr(image, "size") and not isinstance(image, np.ndarray):
-        image = np.asarray(image)  # a PIL image
+    if isinstance(image, Image.Image):
+        image = np.asarray(image)
     if not isinstance(image, np.ndarray):
         return None
     digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16)
@@ -210,9 +211,9 @@ class BenchmarkExplorer:
     def _remember(self, keys: list[bytes | None], embedded: Embedding) -> None:
         with self._memo_lock:
             for row, key in enumerate(keys):
-                if key is not None:
-                    mask = None if embedded.masks is None else embedded.masks[row]
-                    self._memo[key] = (embedded.features[row], mask)
+                if key is not None:  # copies: a caller may change the arrays it was given
+                    mask = None if embedded.masks is None else embedded.masks[row].copy()
+                    self._memo[key] = (embedded.features[row].copy(), mask)
             while len(self._memo) > EMBEDDING_MEMO:
                 self._memo.popitem(last=False)
 

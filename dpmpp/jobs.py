@@ -1,11 +1,12 @@
 """One background training job at a time, observable by any number of viewers (the app polls it), stopped only by
 the session that started it or by the teacher.
 
-The job runs in a child process (`python -m dpmpp.jobs`), niced and limited to one thread, so that a training does
-not slow every visitor's requests down and its memory goes when it ends. The server writes the job to the child's
-stdin, then "stop" lines; the child answers in JSON lines on its stdout: "started", one "event" per progress event,
-"end". A stop the child has not obeyed within `grace_s` seconds (it checks at every step, not while it builds the
-model or evaluates) ends it with SIGTERM, then SIGKILL. A child whose server is gone (its stdin closed) stops
+The job runs in a child process (`python -m dpmpp.jobs`) in Linux's idle scheduling class (niced where that class is
+missing) and limited to one thread, so that a training does not slow every visitor's requests down and its memory
+goes when it ends. The server writes the job to the child's stdin, then "stop" lines; the child answers in JSON
+lines on its stdout: "started", one "event" per progress event, "end". A stop the child has not obeyed within
+`grace_s` seconds (it checks at every step, not while it builds the model or evaluates) ends it with SIGTERM, then
+SIGKILL. A child whose server is gone (its stdin closed) stops
 itself, so a killed server leaves no training behind.
 """
 
@@ -153,7 +154,8 @@ class _Job:
 
 class TrainingJobs:
     """Runs `dpmpp.engine.train.train` (or `train`, "module:function") in a child process; refuses a second job
-    while one runs. The child runs at `niceness` more than the server, with `threads` CPU threads."""
+    while one runs. The child runs in the idle scheduling class and at `niceness` more than the server, with
+    `threads` CPU threads."""
 
     def __init__(self, train: str = TRAIN, threads: int = 1, niceness: int = 10, grace_s: float = 3.0) -> None:
         self.train, self.threads, self.niceness, self.grace_s = train, threads, niceness, grace_s
@@ -405,14 +407,6 @@ def _lower_priority(pid: int, niceness: int) -> None:
         pass
 
 
-def _idle() -> bool:
-    """Whether this process runs in the idle scheduling class."""
-    try:
-        return os.sched_getscheduler(0) == os.SCHED_IDLE
-    except (AttributeError, OSError):
-        return False
-
-
 def _niceness() -> int:
     try:
         return os.getpriority(os.PRIO_PROCESS, 0)
@@ -481,7 +475,7 @@ def worker_main() -> None:
         except (OSError, ValueError):  # the server is gone
             stop.set()
 
-    send("started", pid=os.getpid(), niceness=_niceness(), idle=_idle(), threads=torch.get_num_threads())
+    send("started", pid=os.getpid(), niceness=_niceness(), threads=torch.get_num_threads())
     try:
         train = _resolve(spec["train"])
         config = Config.from_dict(spec["config"])

@@ -375,7 +375,6 @@ def student(url: str, index: int, result: LoadResult, recorder: Recorder, http, 
     finally:
         done.set()
         poller.join()
-        client.close()
 
 
 def sample_forever(server: Server, result: LoadResult, started: float, stop: threading.Event, every_s: float) -> None:
