@@ -87,11 +87,12 @@ class DataCfg:
 
 @dataclass
 class ModelCfg:
-    # image encoder: "clip" (open_clip's tower, the paper) or "osnet_x0_25" (pretrained re-ID)
-    backbone: Literal["clip", "osnet_x0_25"] = "clip"
+    # image encoder: "clip" (open_clip's tower, the paper), "osnet_x0_25" or "omz_0277" (pretrained re-ID)
+    backbone: Literal["clip", "osnet_x0_25", "omz_0277"] = "clip"
     clip_model: str = "ViT-B-16-quickgelu"  # open_clip model name (dpmpp-tiny: our small config)
     pretrained: str | None = "openai"  # a weights file, an open_clip tag from the local cache, or None (random);
-    # for an OSNet backbone: "msmt17" (the bundled MSMT17 weights), a safetensors file, or None
+    # for osnet_x0_25: "msmt17" (the bundled MSMT17 weights), a safetensors file, or None; for omz_0277: "omz"
+    frozen_stages: int = bounded(0, low=0, high=3)  # omz_0277: its first stages' weights stay fixed in stage 2
     # 0-based blocks feeding mask + saliency
     mask_blocks: list[int] = bounded(factory=lambda: [1, 3, 9, 11], low=0, nonempty=True)
     use_mask: bool = True  # dynamic prototype mask and masked metric (off: CLIP-ReID-style baseline)
@@ -263,11 +264,18 @@ class Config:
                     raise ConfigError(
                         f"data.{side} must be a multiple of {patch}, the patch size of {model.clip_model}; got {value}"
                     )
+        elif model.backbone == "omz_0277" and (data.height, data.width) != (256, 128):
+            raise ConfigError(
+                f"data.height/width must be 256/128 for omz_0277 (its pooling is learnt per location); "
+                f"got {data.height}/{data.width}"
+            )
         elif model.camera_embedding:
             raise ConfigError(
                 f"model.camera_embedding (SIE) needs the clip backbone's tokens; {model.backbone} has none "
                 "(set model.camera_embedding=false)"
             )
+        if model.frozen_stages and model.backbone != "omz_0277":
+            raise ConfigError(f"model.frozen_stages is for omz_0277; {model.backbone} trains all its stages")
         if loss.distill_weight > 0 and not loss.distill_teacher:
             raise ConfigError(
                 f"loss.distill_weight={loss.distill_weight} needs loss.distill_teacher (a pretrained peer's name)"

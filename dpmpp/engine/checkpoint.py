@@ -50,7 +50,7 @@ def save_model(folder: str | Path, model, config: Config, meta: dict, metrics: d
 
 
 # What a checkpoint may declare: checked on config.json and on the safetensors headers before any model is built.
-BACKBONES = ("clip", "osnet_x0_25")
+BACKBONES = ("clip", "osnet_x0_25", "omz_0277")
 EXTRA_CLIP_MODELS = ("ViT-B-16", "ViT-B-16-quickgelu")  # the preset's model under its other open_clip name
 MAX_CLASSES = 20000  # identities (prototypes)
 MAX_CAMERAS = 1000

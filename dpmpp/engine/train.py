@@ -221,6 +221,9 @@ class Trainer:
             p.requires_grad_(True)
         if self.model.neck is not None:
             self.model.neck.bias.requires_grad_(False)
+        if self.config.model.frozen_stages:
+            frozen = self.model.encoder.freeze_stages(self.config.model.frozen_stages)
+            logger.info("encoder: %d parameters of the first %d stages fixed", frozen, self.config.model.frozen_stages)
         optimizer = torch.optim.Adam(self.parameter_groups())
         network = self.model
         if self.dist.enabled:

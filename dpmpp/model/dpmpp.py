@@ -12,6 +12,7 @@ from torch import nn
 from dpmpp.config import ModelCfg
 from dpmpp.model.backbone import ImageEncoder, create_clip
 from dpmpp.model.heads import BNNeck, MaskGenerator, SaliencyHead, cosine_logits, masked_cosine_logits
+from dpmpp.model.omz_encoder import OMZ_BACKBONES, create_omz_encoder
 from dpmpp.model.osnet_encoder import create_osnet_encoder
 from dpmpp.model.text import PromptLearner, TextEncoder
 
@@ -148,7 +149,11 @@ def build_model(
     else:
         if cfg.camera_embedding:
             raise ValueError(f"model.camera_embedding (SIE) needs a token encoder; {cfg.backbone} has none")
-        encoder = create_osnet_encoder(cfg.backbone, cfg.pretrained if load_pretrained else None)
+        weights = cfg.pretrained if load_pretrained else None
+        if cfg.backbone in OMZ_BACKBONES:
+            encoder = create_omz_encoder(cfg.backbone, weights)
+        else:
+            encoder = create_osnet_encoder(cfg.backbone, weights)
         clip = create_clip(cfg.clip_model, None, image_size, device) if with_text and cfg.use_text_stage else None
         text_dim = open_clip.get_model_config(cfg.clip_model)["embed_dim"] if clip is not None else encoder.embed_dim
         if text_dim != encoder.embed_dim:
