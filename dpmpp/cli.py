@@ -417,6 +417,14 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_bundle(args) -> int:
+    from dpmpp.engine.checkpoint import bundle
+
+    size = bundle(args.source, args.target, half=not args.keep_float32)
+    print(f"wrote {args.target} ({size / 1e6:.1f} MB{'' if args.keep_float32 else ', float16 weights'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpmpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -450,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     train = commands.add_parser("train", help="train DPM++ (both stages) and write a checkpoint folder")
-    train.add_argument("--config", default="tiny", help="preset name (tiny, vit_b16) or a JSON file")
+    train.add_argument("--config", default="tiny", help="preset name (tiny, osnet, omz, vit_b16) or a JSON file")
     train.add_argument("--data", default="pets09_occ", help="registered dataset name")
     train.add_argument("--root", default=None, help="dataset folder (default: the bundled one, if any)")
     train.add_argument("--epochs", type=int, default=None, help="stage-2 epochs")
@@ -473,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--device", default=None)
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=cmd_embed)
+
+    ship = commands.add_parser("bundle", help="copy a finished checkpoint for shipping (no resume state, float16)")
+    ship.add_argument("source", help="checkpoint folder")
+    ship.add_argument("target", help="folder to write")
+    ship.add_argument("--keep-float32", action="store_true", help="keep float32 weights")
+    ship.set_defaults(func=cmd_bundle)
 
     from dpmpp.bench.cli import add_bench_parser
 

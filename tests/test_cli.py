@@ -57,7 +57,7 @@ def test_a_bad_set_value_names_the_field_and_the_type(tmp_path):
 
 def test_a_bad_set_choice_names_the_allowed_values(tmp_path):
     result = run_cli("train", "--set", "model.backbone=resnet50", "--out", str(tmp_path / "run"))
-    assert_one_line_error(result, "model.backbone must be one of ('clip', 'osnet_x0_25'); got 'resnet50'")
+    assert_one_line_error(result, "model.backbone must be one of ('clip', 'osnet_x0_25', 'omz_0277'); got 'resnet50'")
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from dpmpp.paths import DEFAULT_CHECKPOINT
 
 # Every field that takes one of a few values, and those values: the config must declare exactly these.
 KNOWN_CHOICES = {
-    "model.backbone": ("clip", "osnet_x0_25"),
+    "model.backbone": ("clip", "osnet_x0_25", "omz_0277"),
     "model.prototype_init": ("text", "text_centred", "random"),
     "model.sie_tokens": ("all", "cls"),
     "loss.i2t_feature": ("post_neck", "pre_neck"),

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dpmpp.api import Pipeline
+from dpmpp.cli import main as cli
 from dpmpp.config import ConfigError, apply_overrides, load_preset
 from dpmpp.data.transforms import CLIP_MEAN, CLIP_STD
 from dpmpp.engine.train import Trainer
@@ -121,7 +122,18 @@ def test_a_0277_checkpoint_embeds_through_the_pipeline(small_data, tmp_path):
     train(apply_overrides(config, [*FAST, *FULL_SIZE, "train.epochs=1"]), out)
     assert json.loads((out / "config.json").read_text())["model"]["backbone"] == "omz_0277"
     assert "encoder.network.params.fc_0_weight_compressed" in load_file(str(out / "model.safetensors"))
-    embedding = Pipeline.from_checkpoint(out).embed(sorted((ASSETS / "cuhk01" / "images").glob("0001*.jpg"))[:3])
+    images = sorted((ASSETS / "cuhk01" / "images").glob("0001*.jpg"))[:3]
+    embedding = Pipeline.from_checkpoint(out).embed(images)
     assert embedding.features.shape == embedding.masks.shape == (3, 256)
     assert np.allclose(np.linalg.norm(embedding.features, axis=1), 1, atol=1e-5)
     assert ((embedding.masks > 0) & (embedding.masks < 1)).all()
+
+    shipped = tmp_path / "shipped"
+    assert cli(["bundle", str(out), str(shipped)]) == 0
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in out.iterdir() if p.suffix != ".pt")
+    shipped_state = load_file(str(shipped / "model.safetensors"))
+    assert {v.dtype for v in shipped_state.values() if v.is_floating_point()} == {torch.float16}
+    assert (shipped / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
+    halved = Pipeline.from_checkpoint(shipped).embed(images)
+    assert np.abs(halved.features - embedding.features).max() < 5e-3  # float16 weights, float32 arithmetic
+    assert np.abs(halved.masks - embedding.masks).max() < 5e-3

@@ -243,6 +243,30 @@ def load_weights(folder: str | Path, model) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def bundle(source: str | Path, target: str | Path, half: bool = True) -> int:
+    """Copy a finished checkpoint for shipping: its config, metrics and weights, not its resume state; with
+    `half`, float32 tensors are stored as float16 (loading widens them back). Returns the bytes written.
+
+    The target is written file by file, atomically; a source that is not a valid checkpoint is refused first.
+    """
+    source, target = Path(source), Path(target)
+    read_config(source)
+    if (source / TRAIN_STATE).is_file() and json.loads((source / METRICS).read_text()).get("stage") != "done":
+        raise CheckpointError(f"{source.name}: its training has not finished (train_state.pt says so); resume it first")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, TEXT):
+        if not (source / name).is_file():
+            continue
+        state = load_file(str(source / name))
+        if half:
+            state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+        with atomic_path(target / name) as tmp:
+            save_file(state, str(tmp), metadata={"format": "dpmpp"})
+    for name in (CONFIG, METRICS):
+        write_json(target / name, json.loads((source / name).read_text()))
+    return sum(f.stat().st_size for f in target.iterdir() if f.is_file())
+
+
 def load_compatible_weights(folder: str | Path, model) -> list[str]:
     """Start from another checkpoint: copy every tensor whose name and shape match; return the names skipped.
 
