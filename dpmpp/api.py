@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dpmpp import embedding_cache
 from dpmpp.atomic import write_text
 from dpmpp.caching import shared_cache
 from dpmpp.cases import CaseError, build_case, read_case
@@ -112,6 +113,7 @@ class Pipeline:
         self.model, self.config, self.meta, self.folder, self.device = model.eval(), config, meta, folder, device
         self.image_size = tuple(meta["image_size"])
         self.transform = build_transforms(*self.image_size, train=False)
+        self._model_digest: str | None = None  # of the weights files, when first needed
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | None = None) -> "Pipeline":
@@ -156,10 +158,25 @@ class Pipeline:
         feats, masks = extract(self.model, batches(), self.device)
         return Embedding(feats.numpy(), None if masks is None else masks.numpy())
 
-    def embed_records(self, records: list[ReIDRecord], batch_size: int = 128) -> Embedding:
-        return self.embed(
+    def embed_records(self, records: list[ReIDRecord], batch_size: int = 128, cache: bool = False) -> Embedding:
+        """`embed` of dataset records. With `cache` (and a checkpoint folder), the result is kept on disk under the
+        weights' and images' digests (`dpmpp.embedding_cache`), and found there the next time."""
+        key = None
+        if cache and self.folder is not None:
+            if self._model_digest is None:
+                files = [self.folder / checkpoint.WEIGHTS, self.folder / checkpoint.TEXT]
+                self._model_digest = embedding_cache.file_digest(*[f for f in files if f.is_file()])
+                self._model_digest += f"|{self.image_size}|{self.device.type}"
+            key = embedding_cache.entry_key(self._model_digest, records, self._uses_cameras)
+            found = embedding_cache.load(key)
+            if found is not None and len(found[0]) == len(records):
+                return Embedding(*found)
+        embedding = self.embed(
             [r.path for r in records], [r.camid for r in records] if self._uses_cameras else None, batch_size
         )
+        if key is not None:
+            embedding_cache.store(key, embedding.features, embedding.masks)
+        return embedding
 
     @property
     def _uses_cameras(self) -> bool:

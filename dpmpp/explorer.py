@@ -87,7 +87,7 @@ class MasklessModel:
     def embed(self, images) -> Embedding:
         return Embedding(self.embedder.embed(list(images)), None)
 
-    def embed_records(self, records: list[ReIDRecord]) -> Embedding:
+    def embed_records(self, records: list[ReIDRecord], cache: bool = False) -> Embedding:
         return self.embed([r.path for r in records])
 
     def similarity(self, query: Embedding, gallery: Embedding, use_mask: bool = True) -> np.ndarray:
@@ -101,7 +101,9 @@ class BenchmarkExplorer:
         self.split, self.pipeline = split, pipeline
         self.embedder = None if pipeline is not None else embedder or HSVEmbedder()
         self.model = pipeline if pipeline is not None else MasklessModel(self.embedder)  # one interface for both
-        self.query, self.gallery = self.model.embed_records(split.query), self.model.embed_records(split.gallery)
+        # a checkpoint's embeddings of a benchmark are kept on disk (dpmpp.embedding_cache): a reload is quick
+        self.query = self.model.embed_records(split.query, cache=True)
+        self.gallery = self.model.embed_records(split.gallery, cache=True)
         self.g_pids = np.array([r.pid for r in split.gallery])
         self.g_camids = np.array([r.camid for r in split.gallery])
         self._similarity: dict[bool, np.ndarray] = {}

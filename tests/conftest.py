@@ -2,6 +2,8 @@
 
 import csv
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from dpmpp.config import apply_overrides, load_preset
 from dpmpp.paths import ASSETS
 
+# the app's embedding cache (dpmpp.embedding_cache) of this test session, shared with the servers it starts
+os.environ["DPMPP_CACHE"] = tempfile.mkdtemp(prefix="dpmpp-test-cache-")
 logging.getLogger("root").setLevel(logging.ERROR)  # open_clip warns that tiny models have no pretrained weights
 
 FAST = [
