@@ -84,13 +84,16 @@ def main(argv=None) -> None:
     threading.Thread(target=expire_sessions_forever, args=(demo,), daemon=True).start()
     mode = "classroom mode" if SETTINGS["classroom"] else "open mode (every visitor may train and upload)"
     print(  # the console is the teacher's: the token is shown nowhere else
-        f"dpmpp app, {mode}. Teacher: http://{args.host}:{args.port}/?teacher={SETTINGS['teacher_token']}",
+        f"dpmpp app, {mode}, on http://{args.host}:{args.port}/"
+        f"{'' if args.share else ' (--share for a public link)'}\n"
+        f"Teacher: http://{args.host}:{args.port}/?teacher={SETTINGS['teacher_token']}",
         flush=True,
     )
     demo.queue(max_size=args.queue_size, default_concurrency_limit=4).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
+        quiet=not args.share,  # our own start lines above; Gradio's would suggest share=True in code
         allowed_paths=[str(ASSETS), str(PLOTLY_JS)],
         head=HEAD,
         max_file_size="20mb",

@@ -61,8 +61,21 @@ def resolve_pretrained(model_name: str, pretrained: str | None, cache_dir: str |
     )
 
 
-def create_clip(model_name: str, pretrained: str | None, image_size: tuple[int, int], device=None) -> nn.Module:
-    """An open_clip CLIP model at re-ID input size (position embedding resized when weights are loaded)."""
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly": said of a model whose weights
+    are about to be loaded from a checkpoint, it is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+def create_clip(
+    model_name: str, pretrained: str | None, image_size: tuple[int, int], device=None, weights_follow: bool = False
+) -> nn.Module:
+    """An open_clip CLIP model at re-ID input size (position embedding resized when weights are loaded).
+
+    `weights_follow`: the caller loads trained weights next (a checkpoint), so random init is not worth a warning.
+    """
     import zipfile
 
     weights = resolve_pretrained(model_name, pretrained)
@@ -75,13 +88,19 @@ def create_clip(model_name: str, pretrained: str | None, image_size: tuple[int, 
     if weights is not None and zipfile.is_zipfile(weights):
         with zipfile.ZipFile(weights) as archive:
             torchscript = any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in archive.namelist())
-    model = open_clip.create_model(
-        model_name,
-        pretrained=weights,
-        force_image_size=tuple(image_size),
-        device=device or "cpu",
-        weights_only=not torchscript,
-    )
+    quiet = _NoRandomInitWarning()
+    if weights_follow:
+        logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(
+            model_name,
+            pretrained=weights,
+            force_image_size=tuple(image_size),
+            device=device or "cpu",
+            weights_only=not torchscript,
+        )
+    finally:
+        logging.getLogger().removeFilter(quiet)
     logger.info("created %s (%s) at %s", model_name, weights or "random init", tuple(image_size))
     return model
 

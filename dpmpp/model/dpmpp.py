@@ -142,7 +142,9 @@ def build_model(
     """Create the DPM++ model (and, for training, the text branch): the image encoder from open_clip or OSNet,
     the text branch always from open_clip (its `embed_dim` must be the encoder's)."""
     if cfg.backbone == "clip":
-        clip = create_clip(cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device)
+        clip = create_clip(
+            cfg.clip_model, cfg.pretrained if load_pretrained else None, image_size, device, not load_pretrained
+        )
         encoder = ImageEncoder(
             clip.visual, cfg.mask_blocks, num_cameras if cfg.camera_embedding else 0, cfg.sie_coef, cfg.sie_tokens
         )
@@ -154,7 +156,8 @@ def build_model(
             encoder = create_omz_encoder(cfg.backbone, weights)
         else:
             encoder = create_osnet_encoder(cfg.backbone, weights)
-        clip = create_clip(cfg.clip_model, None, image_size, device) if with_text and cfg.use_text_stage else None
+        text_tower = with_text and cfg.use_text_stage
+        clip = create_clip(cfg.clip_model, None, image_size, device, not load_pretrained) if text_tower else None
         text_dim = open_clip.get_model_config(cfg.clip_model)["embed_dim"] if clip is not None else encoder.embed_dim
         if text_dim != encoder.embed_dim:
             raise ValueError(
