@@ -218,15 +218,20 @@ def test_a_case_naming_a_missing_query_is_refused_clearly(tmp_path):
         select_query(checkpoint, 9999)
 
 
-def test_a_refused_upload_says_the_previous_query_is_still_shown(tmp_path):
+def test_a_refused_upload_names_the_query_that_stays_active(tmp_path):
     import gradio as gr
 
-    from dpmpp.app.views.query import upload_query
+    from dpmpp.app.views.query import select_query, upload_query
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
-    with pytest.raises(gr.Error, match="previous query is still shown"):
-        upload_query(str(DEFAULT_CHECKPOINT), str(broken))
+    view = select_query(str(DEFAULT_CHECKPOINT), 3)[0]
+    with pytest.raises(
+        gr.Error, match=rf"not a readable image.*The query is still `{view['file']}`, person {view['pid']}\."
+    ):
+        upload_query(str(DEFAULT_CHECKPOINT), str(broken), view)
+    with pytest.raises(gr.Error, match="No query is active yet"):
+        upload_query(str(DEFAULT_CHECKPOINT), str(broken), None)
 
 
 def test_views_follow_the_query_in_the_browser(server):

@@ -70,7 +70,15 @@ def select_query(checkpoint: str, query_index: int):
     return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
 
 
-def upload_query(checkpoint: str, image):
+def still_active(view: dict | None) -> str:
+    """Which query stays active after a refused upload, in words."""
+    if not view or view.get("clean") is None:
+        return "No query is active yet: pick one from the list."
+    person = f", person {view['pid']}" if view.get("pid") is not None else ""
+    return f"The query is still `{clip(str(view.get('file', 'the previous image')))}`{person}."
+
+
+def upload_query(checkpoint: str, image, view: dict | None = None):
     """An uploaded crop becomes the session's query: refused from its header when too large or elongated, else
     decoded and scaled down to fit UPLOAD_SIDE before the session keeps it."""
     if image is None:
@@ -78,7 +86,7 @@ def upload_query(checkpoint: str, image):
     try:
         array = np.asarray(load_image(image, max_side=UPLOAD_SIDE))
     except ImageLoadError as error:
-        raise refuse(f"{error}. The previous query is still shown.", error) from error
+        raise refuse(f"{error}. {still_active(view)}", error) from error
     view = {**new_view(state.explorer_for(checkpoint), None, array), "file": clip(Path(str(image)).name)}
     return (
         view,
@@ -158,9 +166,9 @@ def wire(ui) -> None:
     ui.query.input(select_query, [ui.model, ui.query], ui.shown, api_name="select_query").then(**ui.refresh).then(
         occlude.editor_background, ui.view, ui.editor, **HIDDEN
     )
-    ui.upload.upload(upload_query, [ui.model, ui.upload], ui.shown, api_name="upload_query").then(**ui.refresh).then(
-        occlude.editor_background, ui.view, ui.editor, **HIDDEN
-    )
+    ui.upload.upload(upload_query, [ui.model, ui.upload, ui.view], ui.shown, api_name="upload_query").then(
+        **ui.refresh
+    ).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
     occlude.wire(ui)
     ui.explain_button.click(explain, [ui.model, ui.view], [ui.cams, ui.cams_note], api_name="explain")
     on_query_change(ui, query_cleared, [ui.query_header, ui.cams, ui.cams_note, ui.transfer_steps])
