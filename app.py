@@ -28,6 +28,7 @@ from dpmpp.app.classroom import UploadQuota, expire_sessions_forever, is_loopbac
 from dpmpp.app.common import SETTINGS
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
+from dpmpp.app.page_cache import PageCache
 from dpmpp.app.state import start_checkpoint, warm_up
 
 __all__ = ["build_demo", "main", "parse_args"]
@@ -98,7 +99,12 @@ def main(argv=None) -> None:
         head=HEAD,
         max_file_size="20mb",
         show_error=False,  # unexpected errors are logged here; visitors see a plain "Error"
-        app_kwargs={"middleware": [Middleware(UploadQuota, demo=demo, quota_bytes=args.upload_quota_mb << 20)]},
+        app_kwargs={
+            "middleware": [
+                Middleware(PageCache),
+                Middleware(UploadQuota, demo=demo, quota_bytes=args.upload_quota_mb << 20),
+            ]
+        },
     )
 
 

@@ -20,7 +20,7 @@ from dpmpp.app.views.space import umap_select
 from dpmpp.data.datasets import load_split
 from dpmpp.eval.extract import evaluate_similarity
 from dpmpp.model.peers import load_peer
-from dpmpp.paths import ASSETS
+from dpmpp.paths import ASSETS, PROJECT_ROOT
 
 PEER = next(label for label, name in PEER_CHOICES.items() if name == "omz-0288")
 
@@ -31,12 +31,13 @@ def test_every_peer_is_listed_and_loads_by_name():
     assert checkpoint_for(PEER) == PEER and canonical(PEER) == (PEER,)
 
 
-def test_the_checkpoint_list_shows_no_server_paths():
+def test_the_checkpoint_list_shows_and_sends_no_server_paths():
     options = checkpoint_options()
-    folders = [(label, value) for label, value in options if value not in PEER_CHOICES and "HSV" not in value]
-    assert folders and [value for _, value in options] == checkpoint_choices()
-    assert all(value.startswith("/") and not label.startswith("/") and label in value for label, value in folders)
-    assert all(checkpoint_for(label) == value for label, value in folders)  # a label typed back loads the folder
+    choices = checkpoint_choices()
+    folders = [value for label, value in options if value not in PEER_CHOICES and "HSV" not in value]
+    assert len(options) == len(choices) and all(label == value for label, value in options)
+    assert folders and not any(value.startswith("/") or str(PROJECT_ROOT) in value for value in folders)
+    assert sorted(checkpoint_for(value) for value in folders) == [c for c in choices if c.startswith("/")]
 
 
 def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():

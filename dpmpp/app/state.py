@@ -61,9 +61,15 @@ def checkpoint_choices() -> list[str]:
 
 
 def checkpoint_options() -> list[tuple[str, str]]:
-    """The listed checkpoints as (label, value) for a dropdown: folders labelled relative to the checkpoint folder,
-    so no visitor sees the server's paths."""
-    return [(c if c in BASELINES else display(c), c) for c in checkpoint_choices()]
+    """The listed checkpoints as (label, value) for a dropdown: folders named relative to the checkpoint folder, in
+    the label and in the value, so that neither the page nor its config shows the server's paths
+    (`checkpoint_for` maps a name back to its folder)."""
+    return [(option_name(c), option_name(c)) for c in checkpoint_choices()]
+
+
+def option_name(checkpoint: str) -> str:
+    """What a dropdown shows and sends for a listed checkpoint."""
+    return checkpoint if checkpoint in BASELINES else display(checkpoint)
 
 
 def canonical(checkpoint: str | None) -> tuple[str]:
@@ -88,6 +94,9 @@ def checkpoint_for(text, request: gr.Request | None = None) -> str:
     text = "" if text is None else str(text).strip()
     if text in BASELINES:
         return text
+    listed = {option_name(c): c for c in reversed(checkpoint_choices())}  # the first listed wins a shared name
+    if text in listed:
+        return listed[text]
     try:
         if not text or "\x00" in text or len(text) > 4096:
             raise ValueError("not a folder name")

@@ -36,8 +36,31 @@ def mask_bars(clean: np.ndarray, occluded: np.ndarray | None, threshold: float) 
             mode="lines",
             line={"color": "#333", "width": 1},
         )
-    figure.add_hline(y=threshold, line_dash="dot", annotation_text=f"threshold {threshold:.2f}")
-    figure.update_layout(
+    figure.update_layout(  # the threshold line, as add_hline draws it, without its per-call layout walk
+        shapes=[
+            {
+                "type": "line",
+                "xref": "x domain",
+                "x0": 0,
+                "x1": 1,
+                "yref": "y",
+                "y0": threshold,
+                "y1": threshold,
+                "line": {"dash": "dot"},
+            }
+        ],
+        annotations=[
+            {
+                "text": f"threshold {threshold:.2f}",
+                "xref": "x domain",
+                "x": 1,
+                "xanchor": "right",
+                "yref": "y",
+                "y": threshold,
+                "yanchor": "bottom",
+                "showarrow": False,
+            }
+        ],
         barmode="overlay",
         height=320,
         margin={"l": 40, "r": 10, "t": 50, "b": 40},

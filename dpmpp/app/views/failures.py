@@ -46,7 +46,8 @@ def opened(view: dict) -> str:
 
 
 def build(ui) -> None:
-    table, cmc, bins = failures(ui.start, "all", 0, False)  # filled from the start, not an empty table
+    # filled when the tab opens (wire), not in every page's config; the empty table already has its columns
+    columns = list(state.query_table_for(ui.start).columns)
     with gr.Tab("Failures") as ui.failures_tab:
         ui.failures_header = gr.Markdown(elem_id="failures_header")
         gr.Markdown(EXPLAIN)
@@ -56,10 +57,10 @@ def build(ui) -> None:
             ui.only_failures = gr.Checkbox(value=False, label="only rank-1 failures")
             ui.failures_button = gr.Button("Refresh", elem_id="failures")
         ui.failure_note = gr.Markdown("Select a row to open that query.", elem_id="failure_note")
-        ui.table = gr.Dataframe(table, interactive=False, elem_id="failure_table", max_height=360)
+        ui.table = gr.Dataframe(headers=columns, interactive=False, elem_id="failure_table", max_height=360)
         with gr.Row():
-            ui.cmc_plot = gr.Plot(cmc, label="CMC")
-            ui.bins_plot = gr.Plot(bins, label="rank-1 and mAP by occlusion")
+            ui.cmc_plot = gr.Plot(label="CMC")
+            ui.bins_plot = gr.Plot(label="rank-1 and mAP by occlusion")
         cases.build(ui)
 
 

@@ -32,6 +32,7 @@ from dpmpp.app.state import (
     checkpoint_choices,
     checkpoint_for,
     checkpoint_options,
+    option_name,
 )
 from dpmpp.app.views.query import query_choices
 from dpmpp.viz.curves import loss_figure
@@ -81,7 +82,8 @@ def upload_checkpoint(files, name: str, request: gr.Request | None = None):
         target = install_checkpoint(paths, SETTINGS["checkpoint_dir"], name)
     except CheckpointError as error:
         raise refuse(f"Not a usable checkpoint: {error}. Nothing was saved.", error) from error
-    return gr.update(choices=checkpoint_options(), value=str(target)), f"Saved {display(target)}; press Load to use it."
+    saved = f"Saved {display(target)}; press Load to use it."
+    return gr.update(choices=checkpoint_options(), value=option_name(str(target))), saved
 
 
 def start_training(
@@ -136,7 +138,7 @@ def build(ui) -> None:
         with gr.Row():
             ui.checkpoint_box = gr.Dropdown(
                 checkpoint_options(),
-                value=ui.start,
+                value=option_name(ui.start),
                 label="checkpoint",
                 allow_custom_value=True,
                 elem_id="checkpoint",

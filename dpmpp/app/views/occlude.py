@@ -19,15 +19,21 @@ def partner_paths() -> list[str]:
     return [r.path for r in state.partner_records()]
 
 
+def partner_index(partners: list[str], partner: str) -> int:
+    """A partner named by its file name (as the list shows it) or by its path under the project."""
+    for index, path in enumerate(partners):
+        if partner in (Path(path).name, str(Path(path).relative_to(ASSETS.parent))):
+            return index
+    raise gr.Error(f"Unknown partner {clip(partner)!r}; choose one from the list, or auto.")
+
+
 def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
     explorer = state.explorer_for(checkpoint)
     if not explorer.has_saliency:
         raise gr.Error("Patch transfer needs a DPM++ checkpoint with a saliency head; load one in the Model tab.")
     clean = view_image(view, "clean")
     partners = partner_paths()
-    if partner not in (None, "", "auto") and str(ASSETS.parent / str(partner)) not in partners:
-        raise gr.Error(f"Unknown partner {clip(partner)!r}; choose one from the list, or auto.")
-    index = None if partner in (None, "", "auto") else partners.index(str(ASSETS.parent / partner))
+    index = None if partner in (None, "", "auto") else partner_index(partners, str(partner))
     result = explorer.transfer(
         clean,
         state.partner_records(),
@@ -109,7 +115,7 @@ def build(ui) -> None:
     with gr.Tab("Patch transfer"):
         with gr.Row():
             ui.partner = gr.Dropdown(
-                ["auto"] + [str(Path(p).relative_to(ASSETS.parent)) for p in partner_paths()],
+                ["auto"] + [Path(p).name for p in partner_paths()],
                 value="auto",
                 label="partner (auto: best occlusion-aware IoU)",
             )

@@ -1,0 +1,55 @@
+"""The page cache serves the first 200 answer of `/` and `/config` again, and nothing else."""
+
+import asyncio
+
+from dpmpp.app.page_cache import PageCache
+
+
+def fake_app(status=200, cookie=False):
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["path"])
+        headers = [(b"content-type", b"text/html")] + ([(b"set-cookie", b"a=b")] if cookie else [])
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": f"page {len(calls)}".encode(), "more_body": True})
+        await send({"type": "http.response.body", "body": b"!"})
+
+    return app, calls
+
+
+def get(middleware, path="/", query=b"", host=b"127.0.0.1:7860", method="GET"):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request"}
+
+    scope = {"type": "http", "method": method, "path": path, "query_string": query, "headers": [(b"host", host)]}
+    asyncio.run(middleware(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_the_page_and_config_are_built_once_per_host():
+    app, calls = fake_app()
+    cache = PageCache(app)
+    assert get(cache) == get(cache) == (200, b"page 1!")
+    assert get(cache, "/config") == get(cache, "/config") == (200, b"page 2!")
+    assert get(cache, host=b"192.168.1.5:7860") == (200, b"page 3!")  # another way in: its own answer
+    assert calls == ["/", "/config", "/"]
+
+
+def test_queries_other_paths_methods_errors_and_cookies_pass_through():
+    app, calls = fake_app()
+    cache = PageCache(app)
+    get(cache, query=b"teacher=abc"), get(cache, query=b"teacher=abc")
+    get(cache, "/gradio_api/info"), get(cache, "/gradio_api/info")
+    get(cache, method="POST"), get(cache, method="POST")
+    assert len(calls) == 6
+    for status, cookie in ((500, False), (200, True)):
+        app, calls = fake_app(status, cookie)
+        cache = PageCache(app)
+        get(cache), get(cache)
+        assert len(calls) == 2 and not cache.entries
