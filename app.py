@@ -77,10 +77,10 @@ def main(argv=None) -> None:
     SETTINGS["classroom"] = args.classroom if args.classroom is not None else not is_loopback(args.host)
     SETTINGS["idle_minutes"] = args.idle_minutes
     SETTINGS["checkpoint_quota_mb"], SETTINGS["upload_quota_mb"] = args.checkpoint_quota_mb, args.upload_quota_mb
-    SETTINGS["start"] = start = start_checkpoint(args.checkpoint)
-    demo = build_demo(start)
     if SETTINGS["classroom"]:
         torch.set_num_threads(1)  # many small requests at once: one core each, not every request on every core
+    SETTINGS["start"] = start = start_checkpoint(args.checkpoint)
+    demo = build_demo(start)
     threading.Thread(target=warm_up_and_say, args=(start,), daemon=True).start()
     threading.Thread(target=expire_sessions_forever, args=(demo,), daemon=True).start()
     mode = "classroom mode" if SETTINGS["classroom"] else "open mode (every visitor may train and upload)"

@@ -137,3 +137,20 @@ def test_a_0277_checkpoint_embeds_through_the_pipeline(small_data, tmp_path):
     halved = Pipeline.from_checkpoint(shipped).embed(images)
     assert np.abs(halved.features - embedding.features).max() < 5e-3  # float16 weights, float32 arithmetic
     assert np.abs(halved.masks - embedding.masks).max() < 5e-3
+
+
+def test_openvino_inference_follows_the_current_weights_and_leaves_gradients_to_torch():
+    encoder = OMZEncoder("omz_0277").eval()
+    with torch.no_grad():
+        for parameter in list(encoder.network.params.values())[-30:]:
+            parameter.mul_(1.05)  # weights no longer the IR's
+    images = torch.randn(3, 3, 256, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = encoder(images)
+        encoder.use_openvino(threads=1)
+        fast = encoder(images)
+    assert torch.allclose(fast.cls, reference.cls, atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(fast.maps, reference.maps))
+    traced = encoder(images.requires_grad_(True))  # gradients wanted (Grad-CAM): the torch graph
+    traced.cls.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0

@@ -146,6 +146,7 @@ class IRGraph(nn.Module):
         super().__init__()
         import openvino as ov
 
+        self.xml = Path(xml)
         model = ov.Core().read_model(str(xml))
         ops = list(model.get_ordered_ops())
         position = {id(op): i for i, op in enumerate(ops)}  # ops are in topological order
@@ -267,6 +268,33 @@ class IRGraph(nn.Module):
         for p in frozen:
             p.requires_grad_(False)
         return sum(p.numel() for p in frozen)
+
+    def openvino_runner(self, threads: int):
+        """This graph with its current weights, compiled by OpenVINO for inference (several times faster than the op
+        by op torch run on a CPU): a function x -> (output, taps), thread-safe, without gradients. Call again after
+        the weights change."""
+        import openvino as ov
+        from openvino import opset13
+
+        model = ov.Core().read_model(str(self.xml))
+        ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        for index, (kind, key) in self._constants.items():
+            if kind == "param":
+                weights = self.params[key].detach().float().cpu().numpy()
+                ops[self._names[index]].output(0).replace(opset13.constant(weights).output(0))
+        for ref in self.taps:
+            model.add_outputs(ops[self._names[ref[0]]].output(0))
+        model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, *self.input_shape[1:]])})
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": max(int(threads), 1)}
+        compiled = ov.Core().compile_model(model, "CPU", config)
+
+        def run(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            request = compiled.create_infer_request()  # one per call: concurrent callers do not share state
+            request.infer({0: x.detach().float().cpu().numpy()})
+            results = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(1 + len(self.taps))]
+            return results[0], results[1:]
+
+        return run
 
     def input_of(self, name: str, port: int) -> str:
         """The friendly name of the op feeding input `port` of op `name`."""

@@ -39,6 +39,7 @@ class OMZEncoder(nn.Module):
         self.camera = None
         self.width = self.network.weight(self.network.input_of(self._pool_conv, 1)).shape[0]
         self.embed_dim = self.network.weight("fc.0.weight").shape[0]
+        self._runner = None  # OpenVINO, for inference with fixed weights (use_openvino)
         self.map_blocks = [0, 1]  # conv4, conv5
         self.patch_size = (16, 16)
         mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
@@ -52,8 +53,18 @@ class OMZEncoder(nn.Module):
                 f"learnt per location); got {tuple(images.shape[2:])}"
             )
         raw = (images * self.raw_scale + self.raw_shift).flip(1)  # CLIP-normalised RGB -> BGR 0..255
-        feature, maps = self.network.forward_with_taps(raw)
+        if self._runner is not None and not torch.is_grad_enabled() and not self.training:
+            feature, maps = self._runner(raw)
+            feature, maps = feature.to(images.device), [m.to(images.device) for m in maps]
+        else:
+            feature, maps = self.network.forward_with_taps(raw)
         return VisualTokens(cls=feature, proj=feature, maps=maps, last_block_input=None, last_tokens=maps[-1])
+
+    def use_openvino(self, threads: int) -> None:
+        """Run inference (eval mode, no gradients) through OpenVINO with the current weights: the same features to
+        about 1e-5, about four times faster on a CPU. For a model whose weights stay fixed, as a loaded checkpoint's;
+        training and Grad-CAM keep the torch graph."""
+        self._runner = self.network.openvino_runner(threads)
 
     def patch_projection(self, tokens: torch.Tensor) -> torch.Tensor:
         """conv5 map [B, C, h, w] -> prototype space [B, h*w, D]: 0277's head at every location.
