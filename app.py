@@ -24,7 +24,7 @@ import torch
 from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
-from dpmpp.app.classroom import UploadQuota, expire_sessions_forever, is_loopback
+from dpmpp.app.classroom import BusyMessage, UploadQuota, expire_sessions_forever, is_loopback
 from dpmpp.app.common import SETTINGS
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
@@ -102,6 +102,7 @@ def main(argv=None) -> None:
         app_kwargs={
             "middleware": [
                 Middleware(PageCache),
+                Middleware(BusyMessage),
                 Middleware(UploadQuota, demo=demo, quota_bytes=args.upload_quota_mb << 20),
             ]
         },

@@ -1,7 +1,10 @@
-"""The page cache serves the first 200 answer of `/` and `/config` again, and nothing else."""
+"""The page cache serves the first 200 answer of `/` and `/config` again, and nothing else; a full queue says the
+server is busy."""
 
 import asyncio
+import json
 
+from dpmpp.app.classroom import BUSY, BusyMessage
 from dpmpp.app.page_cache import PageCache
 
 
@@ -53,3 +56,23 @@ def test_queries_other_paths_methods_errors_and_cookies_pass_through():
         cache = PageCache(app)
         get(cache), get(cache)
         assert len(calls) == 2 and not cache.entries
+
+
+def test_a_full_queue_answers_that_the_server_is_busy_in_plain_words():
+    async def full(scope, receive, send):
+        body = json.dumps({"detail": "Queue is full. Max size is 64 and size is 64."}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join", "headers": []}
+    asyncio.run(BusyMessage(full)(scope, None, send))
+    body = sent[1]["body"]
+    assert sent[0]["status"] == 503 and json.loads(body) == {"detail": BUSY}
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    assert "Max size" not in body.decode()

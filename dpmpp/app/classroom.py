@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import secrets
 import time
@@ -125,3 +126,34 @@ class UploadQuota:
                 return
             self._used += incoming  # counted until the next recount finds the file itself
         await self.app(scope, receive, send)
+
+
+BUSY = "The server is busy: too many requests are waiting. Try again in a few seconds; nothing was lost."
+
+
+class BusyMessage:
+    """ASGI middleware: the queue's overflow answer (HTTP 503 "Queue is full. Max size is …") says, in plain words,
+    that the server is busy and that trying again is safe."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/queue/join"):
+            await self.app(scope, receive, send)
+            return
+        held: dict = {}
+
+        async def rewrite(message):
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                held["start"] = message  # sent with the new body's length
+                return
+            if "start" in held and message["type"] == "http.response.body":
+                body = json.dumps({"detail": BUSY}).encode()
+                headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() != b"content-length"]
+                await send({**held["start"], "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
