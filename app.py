@@ -24,7 +24,7 @@ import torch
 from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
-from dpmpp.app.classroom import BusyMessage, UploadQuota, expire_sessions_forever, is_loopback
+from dpmpp.app.classroom import BusyMessage, RateLimit, UploadQuota, expire_sessions_forever, is_loopback
 from dpmpp.app.common import SETTINGS
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
@@ -103,6 +103,7 @@ def main(argv=None) -> None:
             "middleware": [
                 Middleware(PageCache),
                 Middleware(BusyMessage),
+                Middleware(RateLimit),
                 Middleware(UploadQuota, demo=demo, quota_bytes=args.upload_quota_mb << 20),
             ]
         },

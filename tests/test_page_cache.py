@@ -4,7 +4,7 @@ server is busy."""
 import asyncio
 import json
 
-from dpmpp.app.classroom import BUSY, BusyMessage
+from dpmpp.app.classroom import BUSY, BusyMessage, RateLimit
 from dpmpp.app.page_cache import PageCache
 
 
@@ -76,3 +76,41 @@ def test_a_full_queue_answers_that_the_server_is_busy_in_plain_words():
     assert sent[0]["status"] == 503 and json.loads(body) == {"detail": BUSY}
     assert dict(sent[0]["headers"])[b"content-length"] == str(len(body)).encode()
     assert "Max size" not in body.decode()
+
+
+def join(limit, session, address="192.168.1.7"):
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(json.loads((await receive())["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    body = json.dumps({"session_hash": session, "fn_index": 3}).encode()
+    messages = iter([{"type": "http.request", "body": body[:10], "more_body": True},
+                     {"type": "http.request", "body": body[10:]}])  # fmt: skip
+
+    async def receive():
+        return next(messages)
+
+    limit.app = app
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join", "client": (address, 5000)}
+    asyncio.run(limit(scope, receive, send))
+    assert calls in ([], [{"session_hash": session, "fn_index": 3}])  # the body reaches the app whole
+    return sent[0]["status"]
+
+
+def test_a_flood_from_one_page_or_one_machine_is_slowed_and_others_are_not():
+    now = [0.0]
+    limit = RateLimit(None, per_session=(5, 1.0), per_address=(8, 1.0), clock=lambda: now[0])
+    assert [join(limit, "a") for _ in range(7)] == [200] * 5 + [429] * 2
+    assert [join(limit, "b") for _ in range(4)] == [200] * 3 + [429]  # same machine: its 8 are spent
+    assert join(limit, "c", address="192.168.1.8") == 200  # another student
+    assert all(join(limit, f"s{i}", address="127.0.0.1") == 200 for i in range(20))  # loopback: per page only
+    now[0] += 2.0
+    assert join(limit, "a") == 200  # refilled

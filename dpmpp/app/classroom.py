@@ -157,3 +157,65 @@ class BusyMessage:
             await send(message)
 
         await self.app(scope, receive, rewrite)
+
+
+SLOW_DOWN = "Too many requests from this page at once: wait a second and try again."
+
+
+class RateLimit:
+    """ASGI middleware: token buckets on queue joins, one per page session and one per visitor address (loopback
+    exempt, so that a teacher's own tools and the load benchmark are not counted as one visitor). A click in the
+    page sends a few joins (an event and its follow-ups); a flood from one page or one machine is answered 429 before
+    it reaches the queue, so that it cannot fill the queue for the class."""
+
+    def __init__(self, app, per_session=(40, 8.0), per_address=(200, 40.0), clock=time.monotonic) -> None:
+        self.app, self.clock = app, clock
+        self.limits = {"session": per_session, "address": per_address}
+        self.buckets: dict[tuple[str, str], tuple[float, float]] = {}  # (kind, who) -> (tokens, time)
+
+    def _take(self, kind: str, who: str) -> bool:
+        capacity, rate = self.limits[kind]
+        now = self.clock()
+        tokens, then = self.buckets.get((kind, who), (capacity, now))
+        tokens = min(capacity, tokens + (now - then) * rate)
+        if len(self.buckets) > 10000:  # bounded: forget full buckets
+            self.buckets = {k: v for k, v in self.buckets.items() if v[0] < self.limits[k[0]][0]}
+        if tokens < 1:
+            self.buckets[(kind, who)] = (tokens, now)
+            return False
+        self.buckets[(kind, who)] = (tokens - 1, now)
+        return True
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/queue/join"):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:  # the join's JSON body (small: Gradio caps request bodies)
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            session = str(json.loads(body).get("session_hash", ""))[:64]
+        except (ValueError, AttributeError):
+            session = ""
+        address = (scope.get("client") or ("", 0))[0]
+        allowed = self._take("session", session)
+        if allowed and address and not is_loopback(address):
+            allowed = self._take("address", address)
+        if not allowed:
+            await PlainTextResponse(json.dumps({"detail": SLOW_DOWN}), status_code=429, media_type="application/json")(
+                scope, receive, send
+            )
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
