@@ -23,6 +23,7 @@ from dpmpp.app import state
 from dpmpp.app.classroom import expire_idle_sessions, teacher_login
 from dpmpp.app.common import MESSAGE_CHARS, SETTINGS, public
 from dpmpp.app.layout import build_demo
+from dpmpp.app.page_cache import PageCache
 from dpmpp.app.state import TRAINING_RESERVE_MB, explorer_for
 from dpmpp.app.views.cases import EXPORTS, export_case
 from dpmpp.app.views.model import load_model, start_training, stop_training, upload_checkpoint
@@ -323,7 +324,8 @@ def test_launch_defaults(monkeypatch, argv, classroom):
     assert SETTINGS["classroom"] is classroom
     assert launched["launch"]["show_error"] is False and launched["demo"].analytics_enabled is False
     assert launched["queue"] == {"max_size": 64, "default_concurrency_limit": 4}
-    assert [m.cls for m in launched["launch"]["app_kwargs"]["middleware"]] == [roles.UploadQuota]
+    middleware = [m.cls for m in launched["launch"]["app_kwargs"]["middleware"]]
+    assert middleware == [PageCache, roles.BusyMessage, roles.RateLimit, roles.UploadQuota]
 
 
 # ----- a launched server in classroom mode -------------------------------------------------------------------------
@@ -345,6 +347,19 @@ def classroom_server(tmp_path_factory):
     yield url, checkpoints
     process.terminate()
     process.wait(timeout=30)
+
+
+def join(url: str, body: dict) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url + "gradio_api/queue/join", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        return urllib.request.urlopen(request, timeout=60).status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def upload(url: str, data: bytes, name: str = "x.bin") -> int:
@@ -398,6 +413,10 @@ def test_classroom_server_refuses_uploads_over_the_quota(classroom_server):
     url, _ = classroom_server
     statuses = [upload(url, os.urandom(400_000)) for _ in range(4)]  # the quota is 1 MB
     assert statuses[:2] == [200, 200] and statuses[-1] == 507
+    inline = {"fn_index": 0, "session_hash": "inline", "data": ["data:image/png;base64," + "A" * 300_000]}
+    small = {"fn_index": 0, "session_hash": "small", "data": [None]}
+    assert join(url, inline) == 507  # a base64 image inside a queue request counts as an upload
+    assert join(url, small) != 507  # ordinary clicks go on
 
 
 def test_teacher_url_unlocks_the_page(classroom_server):

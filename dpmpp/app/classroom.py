@@ -97,9 +97,14 @@ def expire_sessions_forever(demo: gr.Blocks) -> None:
             expire_idle_sessions(demo.state_holder, idle_s)
 
 
+INLINE_BYTES = 64 << 10  # a queue request larger than this carries files inline (base64 images): counted as an upload
+
+
 class UploadQuota:
-    """ASGI middleware: refuses uploads (HTTP 507) while the files visitors have uploaded, and that the cache has not
-    yet deleted, fill `quota_bytes`; the total is recounted at most every few seconds."""
+    """ASGI middleware: refuses uploads (HTTP 507) while the files visitors have uploaded and the files the app has
+    written to Gradio's cache (inline base64 images are decoded there too), not yet deleted, fill `quota_bytes`; the
+    total is recounted at most every few seconds. Uploads are `/upload` requests and queue requests over
+    INLINE_BYTES."""
 
     def __init__(self, app, demo: gr.Blocks, quota_bytes: int) -> None:
         self.app, self.demo, self.quota = app, demo, quota_bytes
@@ -107,8 +112,13 @@ class UploadQuota:
 
     def used(self) -> int:
         if time.monotonic() - self._counted > 2.0:
+            names = set(getattr(self.demo, "upload_file_set", ()))
+            cache = getattr(self.demo, "GRADIO_CACHE", None)
+            if cache and os.path.isdir(cache):
+                for folder, _, files in os.walk(cache):
+                    names.update(os.path.join(folder, name) for name in files)
             total = 0
-            for name in list(getattr(self.demo, "upload_file_set", ())):
+            for name in names:
                 try:
                     total += os.stat(name).st_size
                 except OSError:
@@ -117,9 +127,13 @@ class UploadQuota:
         return self._used
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].endswith("/upload"):
+        if scope["type"] == "http" and scope["method"] == "POST":
             length = dict(scope.get("headers") or []).get(b"content-length", b"0")
             incoming = int(length) if length.isdigit() else 0
+            inline = scope["path"].endswith("/queue/join") and incoming > INLINE_BYTES
+            if not (scope["path"].endswith("/upload") or inline):
+                await self.app(scope, receive, send)
+                return
             if self.used() + incoming > self.quota:
                 response = PlainTextResponse("The server's upload space is full; try again later.", status_code=507)
                 await response(scope, receive, send)
