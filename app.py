@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
 from dpmpp.app.classroom import BusyMessage, RateLimit, UploadQuota, expire_sessions_forever, is_loopback
-from dpmpp.app.common import SETTINGS
+from dpmpp.app.common import KEYBOARD_HEAD, SETTINGS
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
 from dpmpp.app.page_cache import PageCache
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
         share=args.share,
         quiet=not args.share,  # our own start lines above; Gradio's would suggest share=True in code
         allowed_paths=[str(ASSETS), str(PLOTLY_JS)],
-        head=HEAD,
+        head=HEAD + KEYBOARD_HEAD,
         max_file_size="20mb",
         show_error=False,  # unexpected errors are logged here; visitors see a plain "Error"
         app_kwargs={

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpmpp.app.state import explorer_for
 from dpmpp.paths import DEFAULT_CHECKPOINT
 from tests.test_app import ROOT, free_port, plotly_array, wait_until_up
 
@@ -255,8 +256,27 @@ def test_views_follow_the_query_in_the_browser(server):
         page.get_by_role("tab", name="Mask").click()
         page.wait_for_function("document.querySelector('#mask_counts').innerText.includes('Show mask')")
         assert page.inner_text("#mask_header") != first and "Showing" in page.inner_text("#mask_header")
+        page.get_by_role("tab", name="Query & occlude").click()
+        opened = page.inner_text("#query_header")
+        page.locator("body").press("n")  # the next query in the list's order, from the keyboard
+        page.wait_for_function(f"document.querySelector('#query_header').innerText !== {json.dumps(opened)}")
+        page.locator("body").press("p")
+        page.wait_for_function(f"document.querySelector('#query_header').innerText === {json.dumps(opened)}")
         browser.close()
     assert not errors, errors
+
+
+def test_next_and_previous_step_through_the_queries_failures_first():
+    from dpmpp.app.views.query import next_query, previous_query, query_choices
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    order = [index for _, index in query_choices(explorer_for(checkpoint))]
+    update, view, *_ = next_query(checkpoint, None)  # no query yet: the first, the worst failure
+    assert update["value"] == view["query_index"] == order[0]
+    update, view, *_ = next_query(checkpoint, view)
+    assert view["query_index"] == order[1]
+    update, view, *_ = previous_query(checkpoint, previous_query(checkpoint, view)[1])
+    assert view["query_index"] == order[-1]  # wraps around
 
 
 # ----- 5. retrieval for a projector ---------------------------------------------------------------------------------

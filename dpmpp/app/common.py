@@ -105,3 +105,17 @@ def on_query_change(ui, fn, outputs: list) -> None:
     view never shows another query's results."""
     for state in (ui.view, ui.model):
         state.change(fn, [ui.model, ui.view], outputs, **HIDDEN)
+
+
+# Keys for stepping through queries (a teacher at the projector, an analyst through failures): n and p click the
+# next/previous buttons, unless the visitor is typing in a field.
+KEYBOARD_HEAD = """<script>
+document.addEventListener('keydown', (event) => {
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.target;
+  if (target && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName))) return;
+  const id = {n: 'next_query', p: 'previous_query'}[event.key];
+  const button = id && document.getElementById(id);
+  if (button) { event.preventDefault(); button.click(); }
+});
+</script>"""

@@ -78,6 +78,23 @@ def still_active(view: dict | None) -> str:
     return f"The query is still `{clip(str(view.get('file', 'the previous image')))}`{person}."
 
 
+def step_query(checkpoint: str, view: dict | None, direction: int):
+    """The next (+1) or previous (-1) query in the list's order (failures first), wrapping around; from an upload or
+    no query, the first."""
+    order = [index for _, index in query_choices(state.explorer_for(checkpoint))]
+    current = (view or {}).get("query_index", -1)
+    target = order[(order.index(current) + direction) % len(order)] if current in order else order[0]
+    return (gr.update(value=target), *select_query(checkpoint, target))
+
+
+def next_query(checkpoint: str, view: dict | None):
+    return step_query(checkpoint, view, +1)
+
+
+def previous_query(checkpoint: str, view: dict | None):
+    return step_query(checkpoint, view, -1)
+
+
 def upload_query(checkpoint: str, image, view: dict | None = None):
     """An uploaded crop becomes the session's query: refused from its header when too large or elongated, else
     decoded and scaled down to fit UPLOAD_SIDE before the session keeps it."""
@@ -145,6 +162,9 @@ def build(ui) -> None:
             ui.query = gr.Dropdown(
                 choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
             )
+            with gr.Column(scale=1, min_width=120):
+                ui.previous_query = gr.Button("◀ previous (p)", size="sm", elem_id="previous_query")
+                ui.next_query = gr.Button("next (n) ▶", size="sm", elem_id="next_query")
             ui.upload = CheckedImage(
                 type="filepath", image_mode=None, label="or upload a person crop", height=160, scale=1
             )
@@ -166,6 +186,10 @@ def wire(ui) -> None:
     ui.query.input(select_query, [ui.model, ui.query], ui.shown, api_name="select_query").then(**ui.refresh).then(
         occlude.editor_background, ui.view, ui.editor, **HIDDEN
     )
+    for button, step in ((ui.next_query, next_query), (ui.previous_query, previous_query)):
+        button.click(step, [ui.model, ui.view], [ui.query, *ui.shown], **HIDDEN).then(**ui.refresh).then(
+            occlude.editor_background, ui.view, ui.editor, **HIDDEN
+        )
     ui.upload.upload(upload_query, [ui.model, ui.upload, ui.view], ui.shown, api_name="upload_query").then(
         **ui.refresh
     ).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
