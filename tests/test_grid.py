@@ -85,3 +85,8 @@ def test_a_grid_file_with_an_unknown_field_or_reference_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="epoch"):
         grids.Grid.load(path)
+
+
+def test_a_running_grid_summarises_the_benchmarks_it_has_and_names_the_others():
+    rows = [{"row": "peer", "seed": "-", "dataset": "d", "file": "0.jpg", "event": 0, "rank1": 1.0, "ap": 1.0}]
+    assert grids.paired_table(pd.DataFrame(rows), "ref", "d", samples=50) == "d: no result of ref yet"

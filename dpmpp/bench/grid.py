@@ -186,6 +186,8 @@ def paired_table(data: pd.DataFrame, reference: str, dataset: str, samples: int 
     stands for every seed), with 95 % intervals over seeds and events together."""
     subset = data[data["dataset"] == dataset]
     ref = _by_seed(subset, reference)
+    if not ref:  # a grid still running: the reference has no result here yet
+        return f"{dataset}: no result of {reference} yet"
     lines = [
         f"{dataset}: row − {reference}, 95 % intervals resampling seeds and events (two-level bootstrap); "
         "† one shared seed: events only, seed variation not included",
