@@ -8,7 +8,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = PROJECT_ROOT / "assets"
 CHECKPOINTS = PROJECT_ROOT / "checkpoints"
 PRETRAINED = ASSETS / "pretrained"  # pretrained peers and foundations (see its README)
-DEFAULT_CHECKPOINT = CHECKPOINTS / "dpmpp_osnet_cuhk01"  # DPM++ on OSNet-x0.25, CUHK01 + PETS09 training sets
+DEFAULT_CHECKPOINT = CHECKPOINTS / "dpmpp_omz_cuhk01"  # DPM++ on OMZ 0277, CUHK01 + PETS09 training sets
+OSNET_CHECKPOINT = CHECKPOINTS / "dpmpp_osnet_cuhk01"  # the same recipe on OSNet-x0.25 (the ablation grid's model)
 PETS09_CHECKPOINT = CHECKPOINTS / "dpmpp_tiny_pets09"  # the tiny CLIP model trained on pets09_occ alone
 BUNDLED_DATA_ROOTS = {
     "pets09_occ": ASSETS / "pets09_occ",
