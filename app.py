@@ -71,6 +71,7 @@ def warm_up_and_say(checkpoint: str) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     SETTINGS["checkpoint_dir"] = Path(args.checkpoint_dir).resolve()
     SETTINGS["data_root"] = args.data_root
