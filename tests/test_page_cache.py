@@ -4,7 +4,7 @@ server is busy."""
 import asyncio
 import json
 
-from dpmpp.app.classroom import BUSY, BusyMessage, RateLimit
+from dpmpp.app.classroom import BUSY, BusyMessage, RateLimit, UploadQuota
 from dpmpp.app.page_cache import PageCache
 
 
@@ -114,3 +114,33 @@ def test_a_flood_from_one_page_or_one_machine_is_slowed_and_others_are_not():
     assert all(join(limit, f"s{i}", address="127.0.0.1") == 200 for i in range(20))  # loopback: per page only
     now[0] += 2.0
     assert join(limit, "a") == 200  # refilled
+
+
+def test_queue_requests_carrying_files_inline_count_against_the_upload_quota():
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    class Demo:
+        upload_file_set: set = set()
+
+    quota = UploadQuota(app, demo=Demo(), quota_bytes=300_000)
+
+    def post(size):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"content-length", str(size).encode())]
+        scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join", "headers": headers}
+        asyncio.run(quota(scope, None, send))
+        return sent[0]["status"]
+
+    assert [post(1_000) for _ in range(5)] == [200] * 5  # clicks: not uploads, never counted
+    assert post(200_000) == 200  # a base64 image inline
+    assert post(200_000) == 507  # the second would pass the quota
+    assert post(1_000) == 200 and len(calls) == 7

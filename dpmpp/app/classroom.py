@@ -7,6 +7,7 @@ printed at start (`?teacher=TOKEN`) or enters the token in the Model tab.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import ipaddress
 import json
@@ -100,25 +101,29 @@ def expire_sessions_forever(demo: gr.Blocks) -> None:
 INLINE_BYTES = 64 << 10  # a queue request larger than this carries files inline (base64 images): counted as an upload
 
 
+INLINE_KEPT_S = 3600  # Gradio's cache deletes files an hour after they were written (dpmpp/app/layout.py)
+
+
 class UploadQuota:
-    """ASGI middleware: refuses uploads (HTTP 507) while the files visitors have uploaded and the files the app has
-    written to Gradio's cache (inline base64 images are decoded there too), not yet deleted, fill `quota_bytes`; the
-    total is recounted at most every few seconds. Uploads are `/upload` requests and queue requests over
-    INLINE_BYTES."""
+    """ASGI middleware: refuses uploads (HTTP 507) while what visitors have sent, and the cache has not yet deleted,
+    fills `quota_bytes`. Uploads are `/upload` requests, counted by their files (recounted at most every few
+    seconds), and queue requests over INLINE_BYTES, whose inline base64 files Gradio decodes into its cache: those
+    are counted by request size for as long as the cache keeps files."""
 
     def __init__(self, app, demo: gr.Blocks, quota_bytes: int) -> None:
         self.app, self.demo, self.quota = app, demo, quota_bytes
         self._used, self._counted = 0, 0.0
+        self._inline: collections.deque[tuple[float, int]] = collections.deque()  # (arrived, bytes)
+
+    def inline_bytes(self) -> int:
+        while self._inline and time.monotonic() - self._inline[0][0] > INLINE_KEPT_S:
+            self._inline.popleft()
+        return sum(size for _, size in self._inline)
 
     def used(self) -> int:
         if time.monotonic() - self._counted > 2.0:
-            names = set(getattr(self.demo, "upload_file_set", ()))
-            cache = getattr(self.demo, "GRADIO_CACHE", None)
-            if cache and os.path.isdir(cache):
-                for folder, _, files in os.walk(cache):
-                    names.update(os.path.join(folder, name) for name in files)
             total = 0
-            for name in names:
+            for name in list(getattr(self.demo, "upload_file_set", ())):
                 try:
                     total += os.stat(name).st_size
                 except OSError:
@@ -134,11 +139,14 @@ class UploadQuota:
             if not (scope["path"].endswith("/upload") or inline):
                 await self.app(scope, receive, send)
                 return
-            if self.used() + incoming > self.quota:
+            if self.used() + self.inline_bytes() + incoming > self.quota:
                 response = PlainTextResponse("The server's upload space is full; try again later.", status_code=507)
                 await response(scope, receive, send)
                 return
-            self._used += incoming  # counted until the next recount finds the file itself
+            if inline:
+                self._inline.append((time.monotonic(), incoming))
+            else:
+                self._used += incoming  # counted until the next recount finds the file itself
         await self.app(scope, receive, send)
 
 
