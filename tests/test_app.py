@@ -378,8 +378,8 @@ def test_uploaded_checkpoint_is_saved_only_when_it_loads(tmp_path, monkeypatch):
 
     files = [str(DEFAULT_CHECKPOINT / name) for name in CHECKPOINT_FILES]
     update, note = upload_checkpoint(files, "copy")
-    assert (tmp_path / "copy" / "model.safetensors").is_file() and update["value"] == str(tmp_path / "copy")
-    assert ("copy", str(tmp_path / "copy")) in update["choices"]  # labelled without the server's path
+    assert (tmp_path / "copy" / "model.safetensors").is_file() and update["value"] == "copy"
+    assert ("copy", "copy") in update["choices"]  # named without the server's path, in the label and the value
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((DEFAULT_CHECKPOINT / "config.json").read_text())
