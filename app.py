@@ -24,8 +24,9 @@ import torch
 from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
-from dpmpp.app.classroom import BusyMessage, RateLimit, UploadQuota, expire_sessions_forever, is_loopback
+from dpmpp.app.classroom import expire_sessions_forever, is_loopback
 from dpmpp.app.common import KEYBOARD_HEAD, SETTINGS
+from dpmpp.app.guards import BusyMessage, RateLimit, UploadQuota
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
 from dpmpp.app.page_cache import PageCache

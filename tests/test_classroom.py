@@ -19,7 +19,7 @@ from PIL import Image, ImageFile
 import app
 from dpmpp.api import CHECKPOINT_FILES
 from dpmpp.app import classroom as roles
-from dpmpp.app import state
+from dpmpp.app import guards, state
 from dpmpp.app.classroom import expire_idle_sessions, teacher_login
 from dpmpp.app.common import MESSAGE_CHARS, SETTINGS, public
 from dpmpp.app.layout import build_demo
@@ -325,7 +325,7 @@ def test_launch_defaults(monkeypatch, argv, classroom):
     assert launched["launch"]["show_error"] is False and launched["demo"].analytics_enabled is False
     assert launched["queue"] == {"max_size": 64, "default_concurrency_limit": 4}
     middleware = [m.cls for m in launched["launch"]["app_kwargs"]["middleware"]]
-    assert middleware == [PageCache, roles.BusyMessage, roles.RateLimit, roles.UploadQuota]
+    assert middleware == [PageCache, guards.BusyMessage, guards.RateLimit, guards.UploadQuota]
 
 
 # ----- a launched server in classroom mode -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ server is busy."""
 import asyncio
 import json
 
-from dpmpp.app.classroom import BUSY, BusyMessage, RateLimit, UploadQuota
+from dpmpp.app.guards import BUSY, BusyMessage, RateLimit, UploadQuota
 from dpmpp.app.page_cache import PageCache
 
 
