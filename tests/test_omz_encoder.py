@@ -130,6 +130,7 @@ def test_a_0277_checkpoint_embeds_through_the_pipeline(small_data, tmp_path):
 
     shipped = tmp_path / "shipped"
     assert cli(["bundle", str(out), str(shipped)]) == 0
+    assert cli(["bundle", str(out), str(shipped)]) == 2  # never into a folder that already holds files
     assert sorted(p.name for p in shipped.iterdir()) == sorted(p.name for p in out.iterdir() if p.suffix != ".pt")
     shipped_state = load_file(str(shipped / "model.safetensors"))
     assert {v.dtype for v in shipped_state.values() if v.is_floating_point()} == {torch.float16}

@@ -251,7 +251,10 @@ def bundle(source: str | Path, target: str | Path, half: bool = True) -> int:
     """
     source, target = Path(source), Path(target)
     read_config(source)
-    if (source / TRAIN_STATE).is_file() and json.loads((source / METRICS).read_text()).get("stage") != "done":
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError(f"{target.name}: already holds files; bundle into a new folder")
+    metrics = json.loads((source / METRICS).read_text()) if (source / METRICS).is_file() else {}
+    if (source / TRAIN_STATE).is_file() and metrics.get("stage") != "done":
         raise CheckpointError(f"{source.name}: its training has not finished (train_state.pt says so); resume it first")
     target.mkdir(parents=True, exist_ok=True)
     for name in (WEIGHTS, TEXT):
@@ -262,8 +265,9 @@ def bundle(source: str | Path, target: str | Path, half: bool = True) -> int:
             state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
         with atomic_path(target / name) as tmp:
             save_file(state, str(tmp), metadata={"format": "dpmpp"})
-    for name in (CONFIG, METRICS):
-        write_json(target / name, json.loads((source / name).read_text()))
+    write_json(target / CONFIG, json.loads((source / CONFIG).read_text()))
+    if metrics:
+        write_json(target / METRICS, metrics)
     return sum(f.stat().st_size for f in target.iterdir() if f.is_file())
 
 
