@@ -74,6 +74,10 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Gradio's queue rebuilds a pandas summary of its last 10,000 events after every event (for its monitoring page,
+    # which this app does not serve): 6 % of the server's CPU with thirty students. Summarise rarely, keep fewer.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     SETTINGS["checkpoint_dir"] = Path(args.checkpoint_dir).resolve()
     SETTINGS["data_root"] = args.data_root
     SETTINGS["classroom"] = args.classroom if args.classroom is not None else not is_loopback(args.host)

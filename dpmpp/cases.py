@@ -25,6 +25,8 @@ class Case:
     top_k: int = 10
     mask: list[float] = field(default_factory=list)  # the occluded query's mask
     top: list[dict] = field(default_factory=list)  # [{"file", "person", "track", "score", "correct"}]
+    # occlusion sweeps of the query as given, one per model (`SensitivityMap.to_dict`), when one was run
+    sensitivity: list[dict] = field(default_factory=list)
     version: int = CASE_VERSION
 
     def to_json(self) -> str:
@@ -39,7 +41,7 @@ def build_case(explorer, view: dict, image, checkpoint: str, checkpoint_hash: st
     return Case(
         query_index=view["query_index"],
         query_file=view["file"],
-        dataset="pets09_occ",
+        dataset=view.get("benchmark", "pets09_occ"),
         checkpoint=Path(checkpoint).name,
         checkpoint_hash=checkpoint_hash,
         occlusion=view["occlusion"],

@@ -37,6 +37,39 @@ class SensitivityMap:
     model: str = ""
     notes: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict:
+        """Plain JSON values (NaN as None), for a case file."""
+        plain = lambda a: [[None if not np.isfinite(v) else round(float(v), 5) for v in row] for row in a]  # noqa: E731
+        return {
+            "model": self.model,
+            "occluder": self.occluder,
+            "scale": float(self.scale),
+            "use_mask": bool(self.use_mask),
+            "xs": [round(float(x), 5) for x in self.xs],
+            "ys": [round(float(y), 5) for y in self.ys],
+            **{name: plain(getattr(self, name)) for name in ("rank", "ap", "score", "covered")},
+            "clean": {k: None if v is None or not np.isfinite(v) else float(v) for k, v in self.clean.items()},
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SensitivityMap:
+        grid = lambda name: np.array(data[name], dtype=float)  # None -> NaN  # noqa: E731
+        return cls(
+            xs=np.asarray(data["xs"], float),
+            ys=np.asarray(data["ys"], float),
+            rank=grid("rank"),
+            ap=grid("ap"),
+            score=grid("score"),
+            covered=grid("covered"),
+            clean={k: float("nan") if v is None else v for k, v in data["clean"].items()},
+            occluder=data["occluder"],
+            scale=data["scale"],
+            use_mask=data["use_mask"],
+            model=data.get("model", ""),
+            notes=list(data.get("notes", [])),
+        )
+
     @property
     def worst(self) -> tuple[float, float] | None:
         """(x, y) of the position where the AP drops most (the first such position), or None without an AP."""

@@ -80,7 +80,8 @@ def test_mask_view_counts_active_dimensions(view):
 
 
 def test_failures_filter_and_bins():
-    table, cmc, bins = failures(CHECKPOINT, "sign", 0.3, True)
+    table, cmc, bins, note = failures(CHECKPOINT, "sign", 0.3, True)
+    assert note.startswith("pets09_occ: 213 queries")
     assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()
     assert (table["first true rank"] != 1).all() and list(table["AP"]) == sorted(table["AP"])
     assert {trace.name for trace in cmc.data} == {"mask on", "mask off"}
@@ -102,7 +103,8 @@ def test_case_export_and_import_restore_the_view(view, tmp_path):
         and len(case["top"]) == 10
     )
     restored = import_case(CHECKPOINT, path)
-    restored_view = restored[1]
+    assert restored[1] == "pets09_occ"
+    restored_view = restored[2]
     np.testing.assert_array_equal(restored_view["occluded"], occluded_view["occluded"])
     again = json.loads(Path(export_case(CHECKPOINT, restored_view, 10, True)).read_text())
     assert again["top"] == case["top"] and again["mask"] == case["mask"]
@@ -401,7 +403,7 @@ def test_selecting_a_failure_row_opens_that_query():
     class Selected:  # what Gradio passes for a click on cell (row 2, column 0)
         index = (2, 0)
 
-    update, view, shown, _, info = open_failure(CHECKPOINT, table, Selected())
+    update, view, shown, _, info = open_failure(CHECKPOINT, table, None, Selected())
     query_index = int(table.iloc[2]["query"])
     assert update["value"] == query_index and view["query_index"] == query_index
     assert view["file"] == table.iloc[2]["file"] and view["file"] in info

@@ -1,14 +1,19 @@
 """The Compare tab: two models on the same query and occlusion, where they disagree, and occlusion sensitivity."""
 
+import json
+from pathlib import Path
+
 import gradio as gr
 import numpy as np
 import pytest
 
 from dpmpp.app.state import HSV, explorer_for
-from dpmpp.app.views.compare import GRIDS, PERSON, compare, disagreement, sensitivity
+from dpmpp.app.views.cases import export_case
+from dpmpp.app.views.compare import GRIDS, PERSON, compare, disagreement, model_label, sensitivity
 from dpmpp.app.views.occlude import occlude_paste
 from dpmpp.app.views.query import select_query
 from dpmpp.paths import DEFAULT_CHECKPOINT
+from dpmpp.sensitivity import SensitivityMap
 
 CHECKPOINT = str(DEFAULT_CHECKPOINT)
 
@@ -44,12 +49,20 @@ def test_disagreement_counts_cross_the_two_models_rank1(view):
 
 
 def test_sensitivity_sweeps_both_models_on_one_scale(view):
-    figure, note = sensitivity(CHECKPOINT, HSV, view, "grey block", 0.35, next(iter(GRIDS)), "AP", True, True)
+    figure, note, record = sensitivity(CHECKPOINT, HSV, view, "grey block", 0.35, next(iter(GRIDS)), "AP", True, True)
     heatmaps = [t for t in figure.data if t.type == "heatmap"]
     assert len(heatmaps) == 2 and np.asarray(heatmaps[0].z).shape == (10, 5)
     assert heatmaps[0].zmin == heatmaps[1].zmin == 0 and heatmaps[0].zmax == heatmaps[1].zmax == 1
     assert view["file"] in note and "50 places" in note
-    person, _ = sensitivity(CHECKPOINT, HSV, view, PERSON, 0.5, "4 × 8 (32 places)", "rank", False, True)
+    # the sweep travels with a case of this query, and reads back as the same map; not with another query's case
+    case = json.loads(Path(export_case(CHECKPOINT, view, 5, True, record)).read_text())
+    assert [m["model"] for m in case["sensitivity"]] == [model_label(CHECKPOINT), HSV]
+    restored = SensitivityMap.from_dict(case["sensitivity"][0])
+    np.testing.assert_allclose(restored.ap, np.asarray(heatmaps[0].z, float), atol=1e-5)
+    assert restored.occluder == "grey block" and restored.rank.shape == (10, 5)
+    other = select_query(CHECKPOINT, 7)[0]
+    assert json.loads(Path(export_case(CHECKPOINT, other, 5, True, record)).read_text())["sensitivity"] == []
+    person, _, _ = sensitivity(CHECKPOINT, HSV, view, PERSON, 0.5, "4 × 8 (32 places)", "rank", False, True)
     assert len([t for t in person.data if t.type == "heatmap"]) == 1
 
 

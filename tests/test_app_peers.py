@@ -55,7 +55,7 @@ def test_a_peer_in_the_app_scores_the_benchmark_as_the_peer_does():
 
 def test_what_a_peer_cannot_show_is_refused_with_a_reason():
     explorer = explorer_for(PEER)
-    view = new_view(explorer, 0, None)
+    view = new_view(explorer, 0, None, "pets09_occ")
     with pytest.raises(gr.Error, match="no mask"):
         mask_view(PEER, view, 0.5)
     with pytest.raises(gr.Error, match="Grad-CAM needs a DPM\\+\\+ checkpoint"):

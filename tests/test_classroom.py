@@ -180,14 +180,14 @@ def test_students_load_only_listed_checkpoints(classroom, tmp_path):
     shutil.copytree(DEFAULT_CHECKPOINT, outside)
     student = request("student")
     listed = str(classroom / DEFAULT_CHECKPOINT.name)
-    assert load_model(listed, student)[0] == listed
+    assert load_model(listed, request=student)[0] == listed
     answers = []
     for folder in (outside, tmp_path / "absent", Path("/etc")):
         with pytest.raises(gr.Error, match="not one of the listed checkpoints") as caught:
-            load_model(str(folder), student)
+            load_model(str(folder), request=student)
         answers.append(str(caught.value).replace(folder.name, "NAME"))
     assert len(set(answers)) == 1 and str(tmp_path) not in answers[0]
-    assert load_model(str(outside), request("teacher", TOKEN))[0] == str(outside)
+    assert load_model(str(outside), request=request("teacher", TOKEN))[0] == str(outside)
 
 
 def test_only_the_teacher_uploads_checkpoints_or_trains_in_classroom_mode(classroom):

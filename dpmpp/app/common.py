@@ -33,8 +33,10 @@ ABOUT = (
     "**Data**: PETS 2009 S2.L1, View 001 (© University of Reading; Ferryman & Shahrokni, PETS 2009) with the "
     "MOTChallenge 2015 boxes (Leal-Taixé et al., arXiv:1504.01942), cut into the `pets09_occ` benchmark: "
     "213 occluded queries, 754 holistic gallery crops, 10 persons. A true match must come from another appearance "
-    "(track) of the same person. **Model**: DPM++ (dynamic masked metric learning) trained by this project; "
-    "its model card is in the Model tab."
+    "(track) of the same person. Also CUHK01 (W. Li, R. Zhao, X. Wang, ACCV 2012; non-commercial research use), "
+    "486 test persons of split 0, clean (`cuhk01`) or with synthetic occluders pasted on the camera-A queries "
+    "(`cuhk01_occ`): switch in the Query tab. **Model**: DPM++ (dynamic masked metric learning) trained by this "
+    "project; its model card is in the Model tab."
 )
 
 # ----- what visitors are told ------------------------------------------------------------------------------------
@@ -90,10 +92,11 @@ def view_header(checkpoint: str, view: dict | None) -> str:
     """One line that says which query, occlusion and model a view shows."""
     if view is None or view.get("clean") is None:
         return "*No query yet: pick one (or upload an image) in the Query & occlude tab.*"
+    benchmark = view.get("benchmark", "pets09_occ")
     query = (
-        f"query {view['query_index']} `{clip(view.get('file'))}`"
+        f"query {view['query_index']} of {benchmark} `{clip(view.get('file'))}`"
         if view.get("query_index", -1) >= 0
-        else ("uploaded image")
+        else f"uploaded image (ranked against the {benchmark} gallery)"
     )
     model = checkpoint if not Path(str(checkpoint)).is_absolute() else display(checkpoint)
     person = f", person {view['pid']}" if view.get("pid") is not None else ""

@@ -8,13 +8,14 @@ import gradio as gr
 
 from dpmpp.app.classroom import role_note
 from dpmpp.app.common import ABOUT, HIDDEN
-from dpmpp.app.state import start_checkpoint
+from dpmpp.app.state import BENCHMARKS, start_checkpoint
 from dpmpp.app.views import compare, failures, mask, model, query, retrieval, space
 
 VIEWS = (model, query, mask, retrieval, compare, space, failures)  # the tabs, in order
 
 
-def build_demo(checkpoint: str | None = None) -> gr.Blocks:
+def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tuple(BENCHMARKS)) -> gr.Blocks:
+    """The app with `checkpoint` loaded first (default: the bundled model), offering `benchmarks`."""
     start = start_checkpoint(checkpoint)
     with gr.Blocks(
         title="dpmpp — occluded re-ID explorer",
@@ -22,7 +23,7 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         delete_cache=(600, 3600),  # uploads and produced files are deleted an hour after they were written
     ) as demo:
         # `ui` carries what views share: the session's model and view, and the components other views use
-        ui = SimpleNamespace(start=start, model=gr.State(start), view=gr.State(None))
+        ui = SimpleNamespace(start=start, benchmarks=benchmarks, model=gr.State(start), view=gr.State(None))
         gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
         gr.Markdown(ABOUT)
         ui.role = gr.Markdown(role_note(), elem_id="role_note")
@@ -32,6 +33,6 @@ def build_demo(checkpoint: str | None = None) -> gr.Blocks:
         for view in VIEWS:
             if view is not retrieval:
                 view.wire(ui)
-        demo.load(query.select_query, [ui.model, ui.query], ui.shown, **HIDDEN).then(**ui.refresh)
+        demo.load(query.select_query, [ui.model, ui.query, ui.view], ui.shown, **HIDDEN).then(**ui.refresh)
         demo.load(role_note, None, ui.role, **HIDDEN)
     return demo

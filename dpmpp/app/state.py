@@ -25,7 +25,17 @@ from dpmpp.app.classroom import may_manage
 from dpmpp.app.common import SETTINGS, clip, display, refuse
 from dpmpp.explorer import BenchmarkExplorer, build_prototype_map, transfer_partners
 
-BENCHMARK = ASSETS / "pets09_occ"
+BENCHMARK = ASSETS / "pets09_occ"  # the scene of the occluder bank and the patch-transfer partners
+# The benchmarks a visitor can switch between: name -> (folder, what the page says of it)
+BENCHMARKS = {
+    "pets09_occ": (BENCHMARK, "PETS09 S2.L1, 10 persons, real occlusions (213 queries, 754 gallery crops)"),
+    "cuhk01_occ": (
+        ASSETS / "cuhk01",
+        "CUHK01 test split 0, 486 persons, synthetic occluders on camera A (972 queries, 972 camera B crops)",
+    ),
+    "cuhk01": (ASSETS / "cuhk01", "CUHK01 test split 0, 486 persons, clean (972 camera A queries, 972 camera B)"),
+}
+DEFAULT_BENCHMARK = "pets09_occ"
 HSV = "HSV colour floor (no model)"
 PEER_CHOICES = {f"{spec.title}, zero-shot (pretrained peer)": name for name, spec in PEERS.items()}
 BASELINES = {HSV, *PEER_CHOICES}  # models without a checkpoint folder: listed by name
@@ -79,6 +89,24 @@ def canonical(checkpoint: str | None) -> tuple[str]:
     return (str(Path(DEFAULT_CHECKPOINT if checkpoint is None else checkpoint).resolve()),)
 
 
+def benchmark_name(benchmark: str | None) -> str:
+    """A known benchmark's name (None: the default); anything else is refused in plain words."""
+    benchmark = DEFAULT_BENCHMARK if benchmark in (None, "") else str(benchmark)
+    if benchmark not in BENCHMARKS:
+        raise gr.Error(f"Unknown benchmark {clip(benchmark)!r}; the app offers {', '.join(BENCHMARKS)}.")
+    return benchmark
+
+
+def model_on(checkpoint: str | None, benchmark: str | None = None) -> tuple[str, str]:
+    """The cache key of a model on a benchmark: (resolved checkpoint, benchmark name)."""
+    return canonical(checkpoint)[0], benchmark_name(benchmark)
+
+
+def benchmark_of(view: dict | None) -> str:
+    """The benchmark a session's view belongs to (its queries' numbers and its gallery): the default before any."""
+    return benchmark_name((view or {}).get("benchmark"))
+
+
 def start_checkpoint(checkpoint: str | None = None) -> str:
     """The checkpoint loaded first, resolved: `checkpoint`, else the bundled model, else the HSV floor."""
     if checkpoint is None:
@@ -112,32 +140,46 @@ def checkpoint_for(text, request: gr.Request | None = None) -> str:
 
 
 # ----- cached heavy objects (keyed by checkpoint, shared by all sessions) -------------------------------------
-@shared_cache(maxsize=1)
-def benchmark_split():
-    """The app's benchmark, read (and its table logged) once."""
-    return load_split("pets09_occ", BENCHMARK)
+@shared_cache(maxsize=len(BENCHMARKS), key=lambda benchmark=None: (benchmark_name(benchmark),))
+def benchmark_split(benchmark: str = DEFAULT_BENCHMARK):
+    """A benchmark of the app, read (and its table logged) once."""
+    return load_split(benchmark, BENCHMARKS[benchmark][0])
 
 
 @shared_cache(maxsize=4, key=canonical)
-def explorer_for(checkpoint: str) -> BenchmarkExplorer:
-    split = benchmark_split()
+def model_for(checkpoint: str):
+    """The model behind a listed name, loaded once for every benchmark: a Pipeline, a peer's embedder, or None
+    (the HSV floor)."""
     if checkpoint in PEER_CHOICES:
         try:
-            return BenchmarkExplorer(split, embedder=load_peer(PEER_CHOICES[checkpoint]))
+            return load_peer(PEER_CHOICES[checkpoint])
         except PeerUnavailable as error:
             raise refuse(str(error), error) from error
-    pipeline = None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
-    return BenchmarkExplorer(split, pipeline)
+    return None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
 
 
-@shared_cache(maxsize=4, key=canonical)
-def prototype_map_for(checkpoint: str):
-    return build_prototype_map(explorer_for(checkpoint))
+@shared_cache(maxsize=6, key=model_on)
+def explorer_for(checkpoint: str, benchmark: str = DEFAULT_BENCHMARK) -> BenchmarkExplorer:
+    """A model on a benchmark: its embedded gallery and queries, metrics and rankings."""
+    split, model = benchmark_split(benchmark), model_for(checkpoint)
+    if checkpoint in PEER_CHOICES:
+        return BenchmarkExplorer(split, embedder=model)
+    return BenchmarkExplorer(split, model)
 
 
-@shared_cache(maxsize=4, key=canonical)
-def query_table_for(checkpoint: str):
-    return explorer_for(checkpoint).query_table()
+def explorer_of(checkpoint: str, view: dict | None) -> BenchmarkExplorer:
+    """The explorer of a session's model on the benchmark of its view."""
+    return explorer_for(checkpoint, benchmark_of(view))
+
+
+@shared_cache(maxsize=6, key=model_on)
+def prototype_map_for(checkpoint: str, benchmark: str = DEFAULT_BENCHMARK):
+    return build_prototype_map(explorer_for(checkpoint, benchmark))
+
+
+@shared_cache(maxsize=6, key=model_on)
+def query_table_for(checkpoint: str, benchmark: str = DEFAULT_BENCHMARK):
+    return explorer_for(checkpoint, benchmark).query_table()
 
 
 @shared_cache(maxsize=1)
@@ -162,10 +204,13 @@ def occluder_bank() -> dict:
     return {o.name: o for o in load_bank(BENCHMARK / "occluders")}
 
 
-def warm_up(checkpoint: str) -> None:
+def warm_up(checkpoint: str, benchmarks: tuple[str, ...] = (DEFAULT_BENCHMARK,)) -> None:
     """Fill the slow caches while the first user looks around: the UMAP fit and its numba compilation (~20 s on
-    2 cores), placing points in it, and the saliency of the patch-transfer partner pool."""
+    2 cores), placing points in it, and the saliency of the patch-transfer partner pool; then the other
+    `benchmarks`' embeddings (kept on disk per checkpoint, so only a model's first start pays for them)."""
     points = prototype_map_for(checkpoint)
     points.place(explorer_for(checkpoint).query.features[:2])
     if explorer_for(checkpoint).has_saliency:
         partner_saliency_for(checkpoint)
+    for benchmark in benchmarks:
+        explorer_for(checkpoint, benchmark).metrics()

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from dpmpp.app import state
-from dpmpp.app.common import PHOTO, display, refuse, view_image
+from dpmpp.app.common import PHOTO, display, on_query_change, refuse, view_header, view_image
 from dpmpp.app.views.retrieval import STRIP_CROP, strip_items
 from dpmpp.explorer import GREY, MAX_POSITIONS, grey_block, occlusion_sensitivity, person_occluder
 from dpmpp.viz.rank_strip import rank_strip
@@ -53,7 +53,7 @@ def compare(checkpoint: str, model_b: str, view: dict, use_mask: bool, request: 
     other = state.checkpoint_for(model_b, request)
     image = view_image(view, "occluded")
     strips, lines = [], []
-    explorers = [state.explorer_for(checkpoint), state.explorer_for(other)]
+    explorers = [state.explorer_of(checkpoint, view), state.explorer_of(other, view)]
     for name, explorer in zip((checkpoint, other), explorers):
         scores = explorer.scores(explorer.embed([image]), use_mask)[0]
         result = explorer.rank(scores, view.get("pid"), view.get("camid"), TOP_K)
@@ -99,7 +99,7 @@ def sensitivity(
     names = [checkpoint] + ([state.checkpoint_for(model_b, request)] if both else [])
     maps = []
     for name in names:
-        explorer = state.explorer_for(name)
+        explorer = state.explorer_of(name, view)
         block = sweep_occluder(explorer, view, occluder)
         block = grey_block(image.shape[0]) if block is None else block
         try:
@@ -125,7 +125,14 @@ def sensitivity(
         f"Query **{view.get('file', '?')}** as given; {occluder}, {float(scale):.0%} of the height, "
         f"{rows * columns} places (at most {MAX_POSITIONS}).{where}"
     )
-    return sensitivity_figure(np.asarray(image), maps, metric), note
+    record = {**sweep_key(view), "maps": [smap.to_dict() for smap in maps]}  # what a case export carries
+    return sensitivity_figure(np.asarray(image), maps, metric), note, record
+
+
+def sweep_key(view: dict | None) -> dict:
+    """Which query a sweep belongs to: a case carries the sweep only while the session still shows that query."""
+    view = view or {}
+    return {"benchmark": view.get("benchmark"), "query_index": view.get("query_index"), "file": view.get("file")}
 
 
 def _as_image(block) -> Image.Image:
@@ -134,6 +141,7 @@ def _as_image(block) -> Image.Image:
 
 def build(ui) -> None:
     with gr.Tab("Compare"):
+        ui.compare_header = gr.Markdown(elem_id="compare_header")
         gr.Markdown(EXPLAIN)
         with gr.Row():
             ui.model_b = gr.Dropdown(
@@ -155,6 +163,7 @@ def build(ui) -> None:
             ui.sweep_button = gr.Button("Sweep", elem_id="sweep")
             ui.sweep_plot = gr.Plot(elem_id="sweep_plot")
             ui.sweep_note = gr.Markdown(elem_id="sweep_note")
+            ui.sweep_record = gr.State(None)  # the last sweep's numbers, for "Export this case" (Failures tab)
 
 
 def wire(ui) -> None:
@@ -162,10 +171,11 @@ def wire(ui) -> None:
     ui.compare_button.click(
         compare, compare_inputs, [ui.strip_a, ui.strip_b, ui.compare_note], api_name="compare_models"
     )
+    on_query_change(ui, view_header, [ui.compare_header])
     sweep_inputs = [ui.sweep_occluder, ui.sweep_scale, ui.sweep_grid, ui.sweep_metric, ui.sweep_both]
     ui.sweep_button.click(
         sensitivity,
         [ui.model, ui.model_b, ui.view, *sweep_inputs, ui.use_mask],
-        [ui.sweep_plot, ui.sweep_note],
+        [ui.sweep_plot, ui.sweep_note, ui.sweep_record],
         api_name="occlusion_sensitivity",
     )

@@ -17,7 +17,7 @@ EXPLAIN = (
 
 
 def mask_view(checkpoint: str, view: dict, threshold: float):
-    explorer = state.explorer_for(checkpoint)
+    explorer = state.explorer_of(checkpoint, view)
     if not explorer.has_mask:
         raise gr.Error("This model has no mask (a baseline, a pretrained peer, or model.use_mask=false).")
     clean_image = view_image(view, "clean")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+import time
 from pathlib import Path
 
 import gradio as gr
+import plotly.graph_objects as go
 
 from dpmpp.api import (
     COMPONENTS,
@@ -52,10 +54,11 @@ def model_card(checkpoint: str) -> str:
     return model_card_markdown(checkpoint)
 
 
-def load_model(checkpoint: str, request: gr.Request | None = None):
+def load_model(checkpoint: str, view: dict | None = None, request: gr.Request | None = None):
+    """Another model for the session, on the benchmark of its view."""
     key = checkpoint_for(checkpoint, request)
     try:
-        explorer = state.explorer_for(key)
+        explorer = state.explorer_of(key, view)
         card = model_card(key)
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
         raise refuse(f"Could not load {display(key)}: {error}. The previous model stays active.", error) from error
@@ -114,16 +117,47 @@ def status_text(status) -> str:
     return public(f"**{status.state}** ({display(status.out_dir)}): {status.message}{speed}{eta}")
 
 
-@lru_cache(maxsize=2)
-def _status_view(jobs: int, version: int):
-    """Text and loss figure of one version of the job's status, drawn once however many sessions poll it."""
-    status = state.JOBS.status()
-    return status_text(status), loss_figure(status.history[-2000:])
+FIGURE_EVERY_S = 3.0  # a running job's loss figure is redrawn at most this often, for every session at once
 
 
-def training_status():
-    text, figure = _status_view(id(state.JOBS), state.JOBS.status().version)
-    return text, figure, gr.update(choices=checkpoint_options())
+class StatusDrawing:
+    """The training status as every session sees it: the text of each version, and the loss figure redrawn when the
+    job's state changes or, while it runs, at most every FIGURE_EVERY_S. Plotly takes about 40 ms per figure under
+    the interpreter lock; thirty polling pages would otherwise redraw it thirty times every 2 s."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._text: tuple[int, str] = (-1, "")
+        self._figure: tuple[int, go.Figure | None] = (0, None)
+        self._drawn_state, self._drawn_version, self._drawn_at = None, -1, 0.0
+
+    def now(self) -> tuple[str, int, go.Figure]:
+        """(status text, drawing number, figure): the drawing number changes whenever the figure does."""
+        status = state.JOBS.status()
+        with self._lock:
+            if self._text[0] != status.version:
+                self._text = (status.version, status_text(status))
+            stale = status.version != self._drawn_version and time.monotonic() - self._drawn_at >= FIGURE_EVERY_S
+            if self._figure[1] is None or status.state != self._drawn_state or stale:
+                self._figure = (self._figure[0] + 1, loss_figure(status.history[-2000:]))
+                self._drawn_state, self._drawn_version = status.state, status.version
+                self._drawn_at = time.monotonic()
+            return self._text[1], *self._figure
+
+
+STATUS = StatusDrawing()
+
+
+def training_status(seen: dict | None = None):
+    """The poll of every page (every 2 s): the status text, and the loss figure and checkpoint list only when they
+    changed since this session last saw them (`seen`, the session's state)."""
+    seen = dict(seen or {})
+    text, drawing, figure = STATUS.now()
+    options = checkpoint_options()
+    figure_out = gr.skip() if seen.get("figure") == drawing else figure
+    options_out = gr.skip() if seen.get("options") == options else gr.update(choices=options)
+    seen.update(figure=drawing, options=options)
+    return text, figure_out, options_out, seen
 
 
 def stop_training(request: gr.Request | None = None):
@@ -186,7 +220,7 @@ def build(ui) -> None:
 
 
 def wire(ui) -> None:
-    ui.load_button.click(load_model, ui.checkpoint_box, [ui.model, ui.card, ui.query], api_name="load_model")
+    ui.load_button.click(load_model, [ui.checkpoint_box, ui.view], [ui.model, ui.card, ui.query], api_name="load_model")
     ui.token_button.click(teacher_login, ui.token, [ui.role, ui.token], api_name="teacher_login")
     ui.upload_button.click(
         upload_checkpoint,
@@ -198,4 +232,10 @@ def wire(ui) -> None:
     ui.train_button.click(start_training, training, ui.job_status, api_name="train")
     ui.stop_button.click(stop_training, None, ui.job_status, api_name="stop_training")
     ui.timer = gr.Timer(2.0)
-    ui.timer.tick(training_status, None, [ui.job_status, ui.loss_plot, ui.checkpoint_box], api_name="train_status")
+    ui.status_seen = gr.State(None)  # what this page last received of the status (`training_status`)
+    ui.timer.tick(
+        training_status,
+        ui.status_seen,
+        [ui.job_status, ui.loss_plot, ui.checkpoint_box, ui.status_seen],
+        api_name="train_status",
+    )

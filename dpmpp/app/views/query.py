@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -25,28 +26,74 @@ EXPLAIN = (
 )
 
 
+def query_order(explorer: BenchmarkExplorer) -> list[int]:
+    """The benchmark's query numbers, failures (lowest AP) first."""
+    aps = explorer.metrics().ap.tolist()
+    return sorted(range(len(aps)), key=lambda i: (aps[i] if not math.isnan(aps[i]) else 2.0, i))
+
+
+def query_label(explorer: BenchmarkExplorer, index: int) -> str:
+    """A query in a few words: AP, person, track or camera, occluder, file."""
+    record, ap = explorer.split.query[index], float(explorer.metrics().ap[index])
+    where = (
+        f"track {record.camid}"
+        if "frame" in record.meta
+        else f"camera {'AB'[record.camid] if record.camid < 2 else record.camid}"
+    )
+    occluder = record.meta.get("occluder_kind") or record.meta.get("occluder")
+    hidden = f" · {occluder} {float(record.meta.get('occluded_fraction', 0)):.0%} hidden" if occluder else ""
+    return f"AP {ap:.2f} · person {record.pid} · {where}{hidden} · {Path(record.path).name}"
+
+
 def query_choices(explorer: BenchmarkExplorer) -> list[tuple[str, int]]:
     """Queries labelled with person, occluder and AP; failures (lowest AP) first."""
-    aps = explorer.metrics().ap.tolist()
-    order = sorted(range(len(aps)), key=lambda i: (aps[i] if not math.isnan(aps[i]) else 2.0, i))
-    labels = []
-    for i in order:
-        record = explorer.split.query[i]
-        labels.append(
-            (
-                f"AP {aps[i]:.2f} · person {record.pid} · track {record.camid} · "
-                f"{record.meta.get('occluder', '?')} {float(record.meta.get('occluded_fraction', 0)):.0%} "
-                f"hidden · {Path(record.path).name}",
-                i,
-            )
-        )
-    return labels
+    return [(query_label(explorer, i), i) for i in query_order(explorer)]
 
 
-def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.ndarray) -> dict:
-    """Per-session view state: small arrays and numbers only (models stay in the caches)."""
+THUMBNAILS = 96  # pictures in the picker at once; a filter narrows the rest down
+
+
+def query_thumbnails(checkpoint: str, text: str, only_failures: bool, view: dict | None):
+    """The session's benchmark's queries as pictures, failures (lowest AP) first: those whose label holds `text` as
+    a phrase of whole words (e.g. "pole", "person 3", "camera A"), and only rank-1 misses if asked.
+    Returns (gallery items, a note, the query number of each item)."""
+    explorer = state.explorer_of(checkpoint, view)
+    phrase = " ".join(clip(text or "", 60).lower().split())
+    pattern = re.compile(rf"(?<![\w.]){re.escape(phrase)}(?![\w.])") if phrase else None
+    ranks, aps = explorer.metrics().first_true_rank, explorer.metrics().ap
+    found = [
+        index
+        for index in query_order(explorer)
+        if not (only_failures and ranks[index] == 1)
+        and (pattern is None or pattern.search(query_label(explorer, index).lower()))
+    ]
+    shown = found[:THUMBNAILS]
+    items = [(explorer.split.query[i].path, f"#{i} · P{explorer.split.query[i].pid} · AP {aps[i]:.2f}") for i in shown]
+    if not found:
+        return [], f'No query of {state.benchmark_of(view)} matches: try a person ("person 3") or an occluder.', []
+    more = f"; the first {THUMBNAILS} are shown, narrow the filter for the rest" if len(found) > THUMBNAILS else ""
+    return (
+        items,
+        f"{len(found)} queries of {state.benchmark_of(view)}, failures first{more}. Click one to open it.",
+        shown,
+    )
+
+
+def pick_thumbnail(checkpoint: str, shown: list[int] | None, view: dict | None, event: gr.SelectData):
+    """A click on a picture opens its query."""
+    index = event.index if isinstance(event.index, int) else event.index[0]
+    if not shown or not 0 <= int(index) < len(shown):
+        raise gr.Error("Refresh the pictures: the list changed.")
+    query_index = int(shown[int(index)])
+    return (gr.update(value=query_index), *select_query(checkpoint, query_index, view))
+
+
+def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.ndarray, benchmark: str) -> dict:
+    """Per-session view state: small arrays and numbers only (models stay in the caches). `benchmark` names the
+    benchmark whose query numbers and gallery the view uses."""
     record = explorer.split.query[query_index] if query_index is not None else None
     return {
+        "benchmark": benchmark,
         "query_index": -1 if query_index is None else int(query_index),
         "clean": image,
         "occluded": None,
@@ -57,8 +104,10 @@ def new_view(explorer: BenchmarkExplorer, query_index: int | None, image: np.nda
     }
 
 
-def select_query(checkpoint: str, query_index: int):
-    explorer = state.explorer_for(checkpoint)
+def select_query(checkpoint: str, query_index: int, view: dict | None = None, benchmark: str | None = None):
+    """Query `query_index` of `benchmark` (default: the benchmark of the session's `view`) becomes the query."""
+    benchmark = state.benchmark_name(benchmark) if benchmark else state.benchmark_of(view)
+    explorer = state.explorer_for(checkpoint, benchmark)
     if query_index is None:
         raise gr.Error("Pick a query first.")
     if not 0 <= int(query_index) < len(explorer.split.query):
@@ -66,8 +115,21 @@ def select_query(checkpoint: str, query_index: int):
         raise gr.Error(f"There is no query {int(query_index)}: the benchmark has {count} (0 to {count - 1}).")
     image = np.asarray(load_image(explorer.split.query[int(query_index)].path))
     explorer.remember_query(image, int(query_index))  # retrieval and mask need not embed it again
-    view = new_view(explorer, int(query_index), image)
-    return view, enlarge(image), None, f"Query {view['file']}: person {view['pid']}, track {view['camid']}."
+    view = new_view(explorer, int(query_index), image, benchmark)
+    return (
+        view,
+        enlarge(image),
+        None,
+        f"Query {view['file']} of {benchmark}: {query_label(explorer, int(query_index))}.",
+    )
+
+
+def switch_benchmark(checkpoint: str, benchmark: str):
+    """Another benchmark: its queries in the list (failures first), and its first one as the query."""
+    benchmark = state.benchmark_name(benchmark)
+    choices = query_choices(state.explorer_for(checkpoint, benchmark))
+    first = choices[0][1]
+    return (gr.update(choices=choices, value=first), *select_query(checkpoint, first, benchmark=benchmark))
 
 
 def still_active(view: dict | None) -> str:
@@ -81,10 +143,10 @@ def still_active(view: dict | None) -> str:
 def step_query(checkpoint: str, view: dict | None, direction: int):
     """The next (+1) or previous (-1) query in the list's order (failures first), wrapping around; from an upload or
     no query, the first."""
-    order = [index for _, index in query_choices(state.explorer_for(checkpoint))]
+    order = query_order(state.explorer_of(checkpoint, view))
     current = (view or {}).get("query_index", -1)
     target = order[(order.index(current) + direction) % len(order)] if current in order else order[0]
-    return (gr.update(value=target), *select_query(checkpoint, target))
+    return (gr.update(value=target), *select_query(checkpoint, target, view))
 
 
 def next_query(checkpoint: str, view: dict | None):
@@ -104,7 +166,11 @@ def upload_query(checkpoint: str, image, view: dict | None = None):
         array = np.asarray(load_image(image, max_side=UPLOAD_SIDE))
     except ImageLoadError as error:
         raise refuse(f"{error}. {still_active(view)}", error) from error
-    view = {**new_view(state.explorer_for(checkpoint), None, array), "file": clip(Path(str(image)).name)}
+    benchmark = state.benchmark_of(view)
+    view = {
+        **new_view(state.explorer_for(checkpoint, benchmark), None, array, benchmark),
+        "file": clip(Path(str(image)).name),
+    }
     return (
         view,
         enlarge(array),
@@ -130,7 +196,7 @@ GRADCAM_NOTE = (
 
 
 def explain(checkpoint: str, view: dict):
-    explorer = state.explorer_for(checkpoint)
+    explorer = state.explorer_of(checkpoint, view)
     if not explorer.can_explain:
         raise gr.Error("Grad-CAM needs a DPM++ checkpoint; load one in the Model tab.")
     view_image(view, "clean")
@@ -159,6 +225,13 @@ def build(ui) -> None:
         ui.query_header = gr.Markdown(elem_id="query_header")
         gr.Markdown(EXPLAIN)
         with gr.Row():
+            ui.benchmark = gr.Dropdown(
+                [(f"{name}: {about}", name) for name, (_, about) in state.BENCHMARKS.items() if name in ui.benchmarks],
+                value=state.DEFAULT_BENCHMARK,
+                label="benchmark",
+                elem_id="benchmark",
+                scale=2,
+            )
             ui.query = gr.Dropdown(
                 choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
             )
@@ -173,6 +246,23 @@ def build(ui) -> None:
             ui.occluded_image = gr.Image(
                 label="occluded query", height=280, interactive=False, elem_id="occluded_image", **PHOTO
             )
+        with gr.Accordion("Pick by picture", open=False, elem_id="picker") as ui.picker:
+            with gr.Row():
+                ui.thumb_filter = gr.Textbox(
+                    label="filter (a phrase of the labels: person 3, pole, camera A)", scale=3, max_length=60
+                )
+                ui.thumb_failures = gr.Checkbox(value=False, label="only rank-1 misses", scale=1)
+                ui.thumb_button = gr.Button("Show", scale=1, elem_id="show_thumbnails")
+            ui.thumb_note = gr.Markdown(elem_id="thumbnail_note")
+            ui.thumbs = gr.Gallery(
+                columns=16,
+                height=330,
+                object_fit="contain",
+                allow_preview=False,
+                elem_id="thumbnails",
+                show_label=False,
+            )
+            ui.thumb_indices = gr.State([])
         ui.info = gr.Markdown(elem_id="occlusion_info")
         ui.shown = [ui.view, ui.clean_image, ui.occluded_image, ui.info]  # what picking a query sets
         occlude.build(ui)
@@ -183,9 +273,23 @@ def build(ui) -> None:
 
 
 def wire(ui) -> None:
-    ui.query.input(select_query, [ui.model, ui.query], ui.shown, api_name="select_query").then(**ui.refresh).then(
-        occlude.editor_background, ui.view, ui.editor, **HIDDEN
+    ui.query.input(select_query, [ui.model, ui.query, ui.view], ui.shown, api_name="select_query").then(
+        **ui.refresh
+    ).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
+    thumbnails = dict(
+        fn=query_thumbnails,
+        inputs=[ui.model, ui.thumb_filter, ui.thumb_failures, ui.view],
+        outputs=[ui.thumbs, ui.thumb_note, ui.thumb_indices],
     )
+    ui.thumb_button.click(**thumbnails, api_name="query_thumbnails")
+    ui.thumb_filter.submit(**thumbnails, **HIDDEN)
+    ui.picker.expand(**thumbnails, **HIDDEN)
+    ui.thumbs.select(pick_thumbnail, [ui.model, ui.thumb_indices, ui.view], [ui.query, *ui.shown], **HIDDEN).then(
+        **ui.refresh
+    ).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
+    ui.benchmark.input(
+        switch_benchmark, [ui.model, ui.benchmark], [ui.query, *ui.shown], api_name="switch_benchmark"
+    ).then(**ui.refresh).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN).then(**thumbnails, **HIDDEN)
     for button, step in ((ui.next_query, next_query), (ui.previous_query, previous_query)):
         button.click(step, [ui.model, ui.view], [ui.query, *ui.shown], **HIDDEN).then(**ui.refresh).then(
             occlude.editor_background, ui.view, ui.editor, **HIDDEN

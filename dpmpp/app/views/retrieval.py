@@ -33,7 +33,7 @@ def strip_items(result) -> list[tuple]:
 
 
 def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
-    explorer = state.explorer_for(checkpoint)
+    explorer = state.explorer_of(checkpoint, view)
     clean = view_image(view, "clean")
     images = [clean] + ([view["occluded"]] if view.get("occluded") is not None else [])
     scores = explorer.scores(explorer.embed(images), use_mask)

@@ -14,15 +14,16 @@ from dpmpp.viz.umap_plot import umap_figure
 
 
 def umap_view(checkpoint: str, view: dict, colour_by: str):
-    points = state.prototype_map_for(checkpoint)
+    benchmark = state.benchmark_of(view)
+    points = state.prototype_map_for(checkpoint, benchmark)
     trail = None
     if view and view.get("clean") is not None:
         images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
-        trail = points.place(state.explorer_for(checkpoint).embed(images).features)
+        trail = points.place(state.explorer_for(checkpoint, benchmark).embed(images).features)
     note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
     if trail is not None:
         note = f"Trail: {view['file']}, clean → {occlusion_text(view)}. " + note
-    gap = state.explorer_for(checkpoint).prototype_gap()
+    gap = state.explorer_for(checkpoint, benchmark).prototype_gap()
     if gap is not None:
         note += (
             f" The prototypes sit apart from the image features: a gallery feature's mean cosine to its "
@@ -33,13 +34,14 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
         )
     figure = umap_figure(points, colour_by, trail)
     thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
-    return {"version": time.time_ns(), "figure": figure.to_json(), "thumbs": thumbs}, note
+    return {"version": time.time_ns(), "benchmark": benchmark, "figure": figure.to_json(), "thumbs": thumbs}, note
 
 
-def umap_select(checkpoint: str, value: dict | None):
+def umap_select(checkpoint: str, value: dict | None, view: dict | None = None):
     """A click on the map lists the point's nearest neighbours; a lasso or box selection lists what it holds."""
     event = (value or {}).get("event") or {}
-    points = state.prototype_map_for(checkpoint)
+    benchmark = state.benchmark_name(str((value or {}).get("benchmark") or state.benchmark_of(view)))
+    points = state.prototype_map_for(checkpoint, benchmark)  # the benchmark of the map on the page
 
     def item(row: int, extra: str = ""):
         label = f"{points.kind[row]} · person {points.pid[row]}{extra}"
@@ -100,6 +102,6 @@ def build(ui) -> None:
 def wire(ui) -> None:
     ui.umap_button.click(umap_view, [ui.model, ui.view, ui.colour_by], [ui.umap_canvas, ui.umap_note], api_name="umap")
     ui.umap_canvas.submit(
-        umap_select, [ui.model, ui.umap_canvas], [ui.umap_grid, ui.umap_grid_note], api_name="umap_select"
+        umap_select, [ui.model, ui.umap_canvas, ui.view], [ui.umap_grid, ui.umap_grid_note], api_name="umap_select"
     )
     on_query_change(ui, space_header, [ui.space_header])
