@@ -25,12 +25,12 @@ from starlette.middleware import Middleware
 
 from dpmpp.api import ASSETS, CHECKPOINTS
 from dpmpp.app.classroom import expire_sessions_forever, is_loopback
-from dpmpp.app.common import KEYBOARD_HEAD, SETTINGS
+from dpmpp.app.common import FIGURE_HEAD, KEYBOARD_HEAD, PRESENTER_CSS, SETTINGS
 from dpmpp.app.guards import BusyMessage, RateLimit, UploadQuota
 from dpmpp.app.layout import build_demo
 from dpmpp.app.map_page import HEAD, PLOTLY_JS
 from dpmpp.app.page_cache import PageCache
-from dpmpp.app.state import start_checkpoint, warm_up
+from dpmpp.app.state import BENCHMARKS, start_checkpoint, warm_up
 
 __all__ = ["build_demo", "main", "parse_args"]
 
@@ -54,14 +54,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", default=str(CHECKPOINTS), help="folder of checkpoints to offer")
     parser.add_argument("--data-root", default=None, help="folder holding your own datasets (for training)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    parser.add_argument(
+        "--benchmarks",
+        default=",".join(BENCHMARKS),
+        help=f"the benchmarks offered, comma-separated, the first shown first (default: {','.join(BENCHMARKS)}); "
+        "each is embedded at start (kept on disk per model, so only a model's first start pays)",
+    )
     return parser.parse_args(argv)
 
 
-def warm_up_and_say(checkpoint: str) -> None:
+def parse_benchmarks(text: str) -> tuple[str, ...]:
+    """`--benchmarks`: known names, at least one, in the given order."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown or not names:
+        raise SystemExit(f"--benchmarks: {', '.join(unknown) or 'none given'}; choose from {', '.join(BENCHMARKS)}")
+    return names
+
+
+def warm_up_and_say(checkpoint: str, benchmarks: tuple[str, ...]) -> None:
     """Fill the slow caches, then tell the console: the first map and patch transfer answer at once from here on."""
     started = time.perf_counter()
     try:
-        warm_up(checkpoint)
+        warm_up(checkpoint, benchmarks)
         filled = f"{time.perf_counter() - started:.0f} s to fill the map and patch-transfer caches"
     except Exception:  # noqa: BLE001 - the views compute what is missing when asked
         logging.exception("warm-up failed; the views will compute their caches when first used")
@@ -86,8 +101,9 @@ def main(argv=None) -> None:
     if SETTINGS["classroom"]:
         torch.set_num_threads(1)  # many small requests at once: one core each, not every request on every core
     SETTINGS["start"] = start = start_checkpoint(args.checkpoint)
-    demo = build_demo(start)
-    threading.Thread(target=warm_up_and_say, args=(start,), daemon=True).start()
+    benchmarks = parse_benchmarks(args.benchmarks)
+    demo = build_demo(start, benchmarks)
+    threading.Thread(target=warm_up_and_say, args=(start, benchmarks), daemon=True).start()
     threading.Thread(target=expire_sessions_forever, args=(demo,), daemon=True).start()
     mode = "classroom mode" if SETTINGS["classroom"] else "open mode (every visitor may train and upload)"
     print(  # the console is the teacher's: the token is shown nowhere else
@@ -102,7 +118,8 @@ def main(argv=None) -> None:
         share=args.share,
         quiet=not args.share,  # our own start lines above; Gradio's would suggest share=True in code
         allowed_paths=[str(ASSETS), str(PLOTLY_JS)],
-        head=HEAD + KEYBOARD_HEAD,
+        head=HEAD + KEYBOARD_HEAD + FIGURE_HEAD,
+        css=PRESENTER_CSS,
         max_file_size="20mb",
         show_error=False,  # unexpected errors are logged here; visitors see a plain "Error"
         app_kwargs={

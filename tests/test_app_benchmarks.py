@@ -15,6 +15,7 @@ from dpmpp.app.views.failures import failures
 from dpmpp.app.views.model import training_status
 from dpmpp.app.views.query import query_thumbnails, select_query, switch_benchmark
 from dpmpp.app.views.retrieval import retrieve
+from dpmpp.app.views.space import umap_view
 from dpmpp.paths import DEFAULT_CHECKPOINT
 
 HSV = state.HSV
@@ -99,3 +100,24 @@ def test_status_poll_sends_the_figure_once_per_drawing():
     assert figure is not None and figure.__class__.__name__ == "Figure"
     again = training_status(seen)
     assert again[0] == text and again[1] == gr.skip() and again[2] == gr.skip()
+
+
+def test_cuhk01_map_names_repeating_colours_and_highlights_a_person(cuhk01_view):
+    view = cuhk01_view[1]
+    canvas, note = umap_view(HSV, view, "identity", "query")
+    figure = json.loads(canvas["figure"])
+    assert canvas["benchmark"] == "cuhk01_occ"
+    names = [trace.get("name", "") for trace in figure["data"]]
+    assert not any(name.startswith("person ") and name.split()[-1].isdigit() for name in names)  # no 486-entry legend
+    assert "486 persons share" in figure["layout"]["title"]["text"]
+    marked = [trace for trace in figure["data"] if trace.get("legendgroup") == "highlight"]
+    explorer = state.explorer_for(HSV, "cuhk01_occ")
+    own = sum(r.pid == view["pid"] for r in explorer.split.query + explorer.split.gallery)
+    assert sum(len(trace["x"]) for trace in marked) == own == 4  # two camera-A and two camera-B images
+    assert all(
+        trace["opacity"] == 0.3
+        for trace in figure["data"]
+        if trace.get("legendgroup") == "kinds" and trace["name"] in ("gallery", "query")
+    )
+    with pytest.raises(gr.Error, match="Highlight takes a person id"):
+        umap_view(HSV, view, "identity", "somebody")

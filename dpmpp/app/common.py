@@ -122,3 +122,35 @@ document.addEventListener('keydown', (event) => {
   if (button) { event.preventDefault(); button.click(); }
 });
 </script>"""
+
+# Figures download through the camera icon of their toolbar (Plotly's modebar), as SVG for slides by default or as
+# PNG at twice the screen's resolution: the choice of the page's "figures download as" switch, applied to the
+# clicked figure just before Plotly reads it.
+FIGURE_HEAD = """<script>
+window.dpmppFigureFormat = 'svg';
+document.addEventListener('click', (event) => {
+  const button = event.target.closest && event.target.closest('.modebar-btn[data-title^="Download plot"]');
+  const figure = button && button.closest('.js-plotly-plot');
+  if (!figure || !figure._context) return;
+  const title = document.title.split(' ')[0] || 'figure';
+  const name = (figure.closest('[id]') || {}).id || 'figure';
+  figure._context.toImageButtonOptions = {
+    format: window.dpmppFigureFormat, filename: `${title}_${name}`, scale: window.dpmppFigureFormat === 'png' ? 2 : 1,
+  };
+}, true);
+</script>"""
+
+# Presenter mode (a switch at the top of the page, for a projector): larger text and crops, each view's explanation
+# cut to its first two lines (hover shows the rest).
+PRESENTER_CSS = """
+body.presenter .gradio-container { font-size: 125%; }
+body.presenter .prose, body.presenter .prose * { font-size: 1.2rem !important; line-height: 1.45 !important; }
+body.presenter .explain { display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
+body.presenter .explain:hover { display: block; }
+body.presenter #clean_image, body.presenter #occluded_image { height: 460px !important; }
+body.presenter #clean_image img, body.presenter #occluded_image img { max-height: 440px !important; }
+body.presenter button { font-size: 1.15rem !important; }
+body.presenter label span, body.presenter .label-wrap span { font-size: 1.1rem !important; }
+"""
+PRESENTER_JS = "(on) => { document.body.classList.toggle('presenter', !!on); }"
+FORMAT_JS = "(format) => { window.dpmppFigureFormat = String(format || 'SVG').toLowerCase(); }"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from dpmpp.app.classroom import role_note
-from dpmpp.app.common import ABOUT, HIDDEN
+from dpmpp.app.common import ABOUT, FORMAT_JS, HIDDEN, PRESENTER_JS
 from dpmpp.app.state import BENCHMARKS, start_checkpoint
 from dpmpp.app.views import compare, failures, mask, model, query, retrieval, space
 
@@ -25,7 +25,17 @@ def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tupl
         # `ui` carries what views share: the session's model and view, and the components other views use
         ui = SimpleNamespace(start=start, benchmarks=benchmarks, model=gr.State(start), view=gr.State(None))
         gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
-        gr.Markdown(ABOUT)
+        gr.Markdown(ABOUT, elem_classes=["explain"])
+        with gr.Row():
+            ui.presenter = gr.Checkbox(
+                value=False, label="presenter mode: larger text and crops, short explanations", elem_id="presenter"
+            )
+            ui.figure_format = gr.Radio(
+                ["SVG", "PNG"],
+                value="SVG",
+                label="figures download as (camera icon on each figure)",
+                elem_id="figure_format",
+            )
         ui.role = gr.Markdown(role_note(), elem_id="role_note")
         for view in VIEWS:
             view.build(ui)
@@ -33,6 +43,8 @@ def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tupl
         for view in VIEWS:
             if view is not retrieval:
                 view.wire(ui)
-        demo.load(query.select_query, [ui.model, ui.query, ui.view], ui.shown, **HIDDEN).then(**ui.refresh)
+        demo.load(query.first_query, [ui.model, ui.query, ui.benchmark], ui.shown, **HIDDEN).then(**ui.refresh)
         demo.load(role_note, None, ui.role, **HIDDEN)
+        ui.presenter.change(None, ui.presenter, None, js=PRESENTER_JS)
+        ui.figure_format.change(None, ui.figure_format, None, js=FORMAT_JS)
     return demo

@@ -55,19 +55,26 @@ def _marker(points, kind: str, rows: np.ndarray, colour_by: str, colours: dict[i
     return {**marker, **scale, "color": np.nan_to_num(fraction, nan=0.0), "showscale": kind == "query", "colorbar": bar}
 
 
-def umap_figure(points, colour_by: str = "identity", trail: np.ndarray | None = None) -> go.Figure:
+def umap_figure(
+    points, colour_by: str = "identity", trail: np.ndarray | None = None, highlight: int | None = None
+) -> go.Figure:
     """`points`: a PrototypeMap. colour_by: identity, correctness or occlusion. trail: [2, 2] clean, occluded.
+    `highlight`: a person whose points are drawn on top, large and outlined, with every other point faded.
 
-    Prototypes of identities outside the benchmark (training identities) are not drawn."""
+    Prototypes of identities outside the benchmark (training identities) are not drawn. With more persons than
+    the palette has colours (CUHK01's 486), colours repeat and the legend lists point types only: hover names a
+    point's person, and `highlight` finds one."""
     figure = go.Figure()
     kinds, foreign = np.array(points.kind), np.asarray(points.foreign, bool)
     shown = points.shown
     colours = person_colours(points.pid[~foreign])
+    marked = (points.pid == highlight) & ~foreign if highlight is not None else np.zeros(len(kinds), bool)
     for kind in ("gallery", "query", "prototype"):
         rows = np.flatnonzero((kinds == kind) & ~foreign)
         if not len(rows):
             continue
         figure.add_scatter(
+            opacity=0.3 if marked.any() else 1.0,
             x=shown[rows, 0],
             y=shown[rows, 1],
             mode="markers+text" if kind == "prototype" else "markers",
@@ -76,6 +83,23 @@ def umap_figure(points, colour_by: str = "identity", trail: np.ndarray | None = 
             name=kind,
             legendgroup="kinds",
             marker=_marker(points, kind, rows, colour_by, colours),
+            text=[_hover(points, kind, r) for r in rows],
+            hovertemplate="%{text}<extra></extra>",
+            customdata=np.stack([rows], axis=1),
+        )
+    for kind in ("gallery", "query", "prototype"):  # the highlighted person, on top of everything else
+        rows = np.flatnonzero((kinds == kind) & marked)
+        if not len(rows):
+            continue
+        marker = _marker(points, kind, rows, colour_by, colours)
+        marker.update(size=SIZES[kind] * 2, line={"width": 2, "color": "black"}, showscale=False)
+        figure.add_scatter(
+            x=shown[rows, 0],
+            y=shown[rows, 1],
+            mode="markers",
+            name=f"person {highlight}, {kind}",
+            legendgroup="highlight",
+            marker=marker,
             text=[_hover(points, kind, r) for r in rows],
             hovertemplate="%{text}<extra></extra>",
             customdata=np.stack([rows], axis=1),
@@ -98,7 +122,8 @@ def umap_figure(points, colour_by: str = "identity", trail: np.ndarray | None = 
                 {"x": x, "y": y, "text": label, "ax": ax, "ay": ay, "showarrow": True, "arrowhead": 0,
                  "bgcolor": "rgba(255,255,255,0.85)", "font": {"size": 13}}
             )  # fmt: skip
-    if colour_by == "identity":  # the legend: colour → person (legend-only entries)
+    repeat = len(colours) > len(PALETTE)
+    if colour_by == "identity" and not repeat:  # the legend: colour → person (legend-only entries)
         for pid, colour in colours.items():
             figure.add_scatter(
                 x=[None],
@@ -111,6 +136,14 @@ def umap_figure(points, colour_by: str = "identity", trail: np.ndarray | None = 
             )
     hidden = int(foreign.sum())
     title = f"{points.note}; {NOTES.get(colour_by, '')}"
+    if colour_by == "identity" and repeat:
+        title += f"<br>{len(colours)} persons share {len(PALETTE)} colours: hover names a point's person"
+    if highlight is not None:
+        title += (
+            f"<br>person {highlight}: {int(marked.sum())} points, outlined"
+            if marked.any()
+            else (f"<br>person {highlight} is not on this map")
+        )
     if hidden:
         title += f"<br>{hidden} prototypes of training identities outside the benchmark are not drawn"
     figure.update_layout(

@@ -142,7 +142,7 @@ def _as_image(block) -> Image.Image:
 def build(ui) -> None:
     with gr.Tab("Compare"):
         ui.compare_header = gr.Markdown(elem_id="compare_header")
-        gr.Markdown(EXPLAIN)
+        gr.Markdown(EXPLAIN, elem_classes=["explain"])
         with gr.Row():
             ui.model_b = gr.Dropdown(
                 state.checkpoint_options(), value=state.HSV, label="model B", elem_id="model_b", scale=4

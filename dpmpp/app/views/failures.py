@@ -96,7 +96,7 @@ def build(ui) -> None:
     columns = list(state.query_table_for(ui.start).columns)
     with gr.Tab("Failures") as ui.failures_tab:
         ui.failures_header = gr.Markdown(elem_id="failures_header")
-        gr.Markdown(EXPLAIN)
+        gr.Markdown(EXPLAIN, elem_classes=["explain"])
         with gr.Row():
             ui.occluder_filter = gr.Dropdown(["all", "person", "pole", "sign", "border"], value="all", label="occluder")
             ui.min_occluded = gr.Slider(0, 1, value=0, step=0.05, label="min occluded fraction")

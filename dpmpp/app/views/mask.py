@@ -53,7 +53,7 @@ def mask_cleared(checkpoint: str, view: dict):
 def build(ui) -> None:
     with gr.Tab("Mask"):
         ui.mask_header = gr.Markdown(elem_id="mask_header")
-        gr.Markdown(EXPLAIN)
+        gr.Markdown(EXPLAIN, elem_classes=["explain"])
         ui.threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold for 'active'")
         ui.mask_button = gr.Button("Show mask", elem_id="mask")
         ui.mask_plot = gr.Plot(label="mask over prototype dimensions")

@@ -124,12 +124,22 @@ def select_query(checkpoint: str, query_index: int, view: dict | None = None, be
     )
 
 
-def switch_benchmark(checkpoint: str, benchmark: str):
+def switch_benchmark(checkpoint: str, benchmark: str, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
     """Another benchmark: its queries in the list (failures first), and its first one as the query."""
     benchmark = state.benchmark_name(benchmark)
-    choices = query_choices(state.explorer_for(checkpoint, benchmark))
+    progress(0.05, desc=f"Reading {benchmark}")
+    state.benchmark_split(benchmark)
+    progress(0.2, desc=f"Embedding {benchmark} (read from disk if this model embedded it before)")
+    explorer = state.explorer_for(checkpoint, benchmark)
+    progress(0.9, desc="Ranking the queries")
+    choices = query_choices(explorer)
     first = choices[0][1]
     return (gr.update(choices=choices, value=first), *select_query(checkpoint, first, benchmark=benchmark))
+
+
+def first_query(checkpoint: str, query_index: int, benchmark: str):
+    """A page opens on the listed query of the benchmark shown first."""
+    return select_query(checkpoint, query_index, benchmark=benchmark)
 
 
 def still_active(view: dict | None) -> str:
@@ -220,14 +230,14 @@ def explain(checkpoint: str, view: dict):
 
 
 def build(ui) -> None:
-    choices = query_choices(state.explorer_for(ui.start))
+    choices = query_choices(state.explorer_for(ui.start, ui.benchmarks[0]))
     with gr.Tab("Query & occlude"):
         ui.query_header = gr.Markdown(elem_id="query_header")
-        gr.Markdown(EXPLAIN)
+        gr.Markdown(EXPLAIN, elem_classes=["explain"])
         with gr.Row():
             ui.benchmark = gr.Dropdown(
                 [(f"{name}: {about}", name) for name, (_, about) in state.BENCHMARKS.items() if name in ui.benchmarks],
-                value=state.DEFAULT_BENCHMARK,
+                value=ui.benchmarks[0],
                 label="benchmark",
                 elem_id="benchmark",
                 scale=2,

@@ -58,7 +58,7 @@ def retrieve(checkpoint: str, view: dict, top_k: float, use_mask: bool):
 def build(ui) -> None:
     with gr.Tab("Retrieval"):
         ui.retrieval_header = gr.Markdown(elem_id="retrieval_header")
-        gr.Markdown(EXPLAIN)
+        gr.Markdown(EXPLAIN, elem_classes=["explain"])
         with gr.Row():
             ui.top_k = gr.Slider(1, 20, value=10, step=1, label="top-k")
             ui.use_mask = gr.Checkbox(value=True, label="masked metric (off: plain cosine)")

@@ -8,14 +8,29 @@ import gradio as gr
 import numpy as np
 
 from dpmpp.app import state
-from dpmpp.app.common import occlusion_text, on_query_change, view_header
+from dpmpp.app.common import HIDDEN, clip, occlusion_text, on_query_change, view_header
 from dpmpp.app.map_page import UMAP_JS, UMAP_TEMPLATE
 from dpmpp.viz.umap_plot import umap_figure
 
 
-def umap_view(checkpoint: str, view: dict, colour_by: str):
+def person_to_highlight(text, view: dict | None) -> int | None:
+    """The highlight box: empty for none, "query" for the query's person, else a person id."""
+    text = str(text or "").strip().lower()
+    if not text:
+        return None
+    if text == "query":
+        return (view or {}).get("pid")
+    if not text.removeprefix("person").strip().isdigit():
+        raise gr.Error(f"Highlight takes a person id (e.g. 3), 'query', or nothing; got {clip(text)!r}.")
+    return int(text.removeprefix("person").strip())
+
+
+def umap_view(checkpoint: str, view: dict, colour_by: str, highlight: str = "", progress=gr.Progress()):  # noqa: B008
     benchmark = state.benchmark_of(view)
+    person = person_to_highlight(highlight, view)
+    progress(0.1, desc=f"Fitting the map of {benchmark} (once per model and benchmark, about 20 s)")
     points = state.prototype_map_for(checkpoint, benchmark)
+    progress(0.8, desc="Placing the query and drawing")
     trail = None
     if view and view.get("clean") is not None:
         images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
@@ -32,7 +47,7 @@ def umap_view(checkpoint: str, view: dict, colour_by: str):
             "of their own, so each star is drawn at the mean map position of its 10 nearest image features "
             "(by cosine), not where UMAP put it."
         )
-    figure = umap_figure(points, colour_by, trail)
+    figure = umap_figure(points, colour_by, trail, person)
     thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
     return {"version": time.time_ns(), "benchmark": benchmark, "figure": figure.to_json(), "thumbs": thumbs}, note
 
@@ -85,7 +100,13 @@ def space_header(checkpoint: str, view: dict) -> str:
 def build(ui) -> None:
     with gr.Tab("Prototype space"):
         ui.space_header = gr.Markdown(elem_id="space_header")
-        ui.colour_by = gr.Radio(["identity", "correctness", "occlusion"], value="identity", label="colour by")
+        with gr.Row():
+            ui.colour_by = gr.Radio(
+                ["identity", "correctness", "occlusion"], value="identity", label="colour by", scale=2
+            )
+            ui.highlight = gr.Textbox(
+                label="highlight a person (an id, or 'query' for the query's person)", max_length=20, scale=1
+            )
         ui.umap_button = gr.Button("Draw map", elem_id="umap")
         ui.umap_canvas = gr.HTML(value=None, html_template=UMAP_TEMPLATE, js_on_load=UMAP_JS, elem_id="umap_canvas")
         ui.umap_note = gr.Markdown(elem_id="umap_note")
@@ -100,7 +121,11 @@ def build(ui) -> None:
 
 
 def wire(ui) -> None:
-    ui.umap_button.click(umap_view, [ui.model, ui.view, ui.colour_by], [ui.umap_canvas, ui.umap_note], api_name="umap")
+    drawing = dict(
+        fn=umap_view, inputs=[ui.model, ui.view, ui.colour_by, ui.highlight], outputs=[ui.umap_canvas, ui.umap_note]
+    )
+    ui.umap_button.click(**drawing, api_name="umap")
+    ui.highlight.submit(**drawing, **HIDDEN)
     ui.umap_canvas.submit(
         umap_select, [ui.model, ui.umap_canvas, ui.view], [ui.umap_grid, ui.umap_grid_note], api_name="umap_select"
     )
