@@ -261,9 +261,12 @@ class BenchmarkExplorer:
             return None
         prototypes = self.pipeline.model.prototypes.detach().float().cpu().numpy()
         prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
-        pids = list(self.pipeline.meta.get("pids", []))
-        known = np.array([pid in pids for pid in self.g_pids])
-        labels = np.array([pids.index(pid) for pid in self.g_pids[known]])
+        mapped, foreign = model_prototype_pids(self, self.pipeline.meta.get("pids", []))
+        row_of = {int(pid): row for row, (pid, alien) in enumerate(zip(mapped, foreign)) if not alien}
+        known = np.array([int(pid) in row_of for pid in self.g_pids], bool)
+        if not known.any():  # unseen persons (a test split): no gallery crop has a prototype of its own
+            return None
+        labels = np.array([row_of[int(pid)] for pid in self.g_pids[known]], dtype=np.int64)
         cos = self.gallery.features[known] @ prototypes.T
         own = cos[np.arange(len(labels)), labels]
         between = prototypes @ prototypes.T
@@ -397,26 +400,53 @@ class PrototypeMap:
         return self.reducer.transform(features)
 
 
-def benchmark_prototype_pids(prototype_pids, benchmark_pids) -> tuple[np.ndarray, np.ndarray]:
+def _family(name: str) -> str:
+    """The scene a dataset's person numbers belong to: "pets09", "cuhk01", or the name itself."""
+    name = str(name or "")
+    return next((family for family in ("pets09", "cuhk01") if name.startswith(family)), name)
+
+
+def benchmark_prototype_pids(
+    prototype_pids, benchmark_pids, model_dataset: str = "", benchmark: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """A model's prototype identities in the benchmark's numbering, and which prototypes have no benchmark person.
 
-    A model trained on a combined set knows the benchmark's persons as pid + PETS09_PID_OFFSET; one trained on the
-    benchmark alone knows them by their own pid (its other identities never share a number with them).
+    Person numbers only mean the same person within one scene. A model trained on the combined `cuhk01_pets09` knows
+    CUHK01's persons by their own pid and PETS09's as pid + PETS09_PID_OFFSET; a model trained on one dataset knows
+    its persons by their own pid. A prototype is a benchmark person only when its scene is the benchmark's (PETS09
+    person 3 is not CUHK01 person 3) and that person is in the benchmark (a test split's persons are never training
+    identities). Without dataset names (`model_dataset`, `benchmark`), the scene is guessed from the numbers.
     """
     from dpmpp.data.datasets.combined import PETS09_PID_OFFSET
 
     pids, known = np.asarray(prototype_pids, dtype=np.int64), set(int(p) for p in benchmark_pids)
+    if model_dataset and benchmark:
+        combined = model_dataset == "cuhk01_pets09"
+        scene = np.array(
+            ["pets09" if combined and p >= PETS09_PID_OFFSET else _family(model_dataset) for p in pids], dtype=object
+        )
+        mapped = np.where(pids >= PETS09_PID_OFFSET, pids - PETS09_PID_OFFSET, pids) if combined else pids.copy()
+        foreign = np.array(
+            [s != _family(benchmark) or int(m) not in known for s, m in zip(scene, mapped)], bool
+        ).reshape(len(pids))
+        return np.where(foreign, pids, mapped), foreign
     offset = PETS09_PID_OFFSET if any(int(p) - PETS09_PID_OFFSET in known for p in pids) else 0
     mapped = np.where(pids >= offset, pids - offset, pids) if offset else pids.copy()
     foreign = np.array([(int(p) < offset) or int(m) not in known for p, m in zip(pids, mapped)], bool)
     return np.where(foreign, pids, mapped), foreign
 
 
+def model_prototype_pids(explorer: BenchmarkExplorer, prototype_pids) -> tuple[np.ndarray, np.ndarray]:
+    """`benchmark_prototype_pids` for an explorer's model and benchmark."""
+    meta = explorer.pipeline.meta if explorer.pipeline is not None else {}
+    benchmark_pids = [r.pid for r in explorer.split.gallery] + [r.pid for r in explorer.split.query]
+    return benchmark_prototype_pids(prototype_pids, benchmark_pids, meta.get("dataset", ""), explorer.split.name)
+
+
 def prototype_persons(explorer: BenchmarkExplorer) -> dict[int, int | None]:
     """The model's prototype identities -> the benchmark person each one is (None: a training identity only)."""
     model_pids = list(explorer.pipeline.meta.get("pids", [])) if explorer.pipeline is not None else []
-    benchmark_pids = [r.pid for r in explorer.split.gallery] + [r.pid for r in explorer.split.query]
-    mapped, foreign = benchmark_prototype_pids(model_pids, benchmark_pids)
+    mapped, foreign = model_prototype_pids(explorer, model_pids)
     return {int(p): None if f else int(m) for p, m, f in zip(model_pids, mapped, foreign)}
 
 
@@ -466,8 +496,7 @@ def build_prototype_map(
     pick = lambda values: np.asarray(values)[keep]  # noqa: E731
     kinds, pid = pick(kind), pick(pids).astype(np.int64)
     is_prototype = kinds == "prototype"
-    benchmark_pids = [r.pid for r in explorer.split.gallery] + [r.pid for r in explorer.split.query]
-    pid[is_prototype], foreign = benchmark_prototype_pids(pid[is_prototype], benchmark_pids)
+    pid[is_prototype], foreign = model_prototype_pids(explorer, pid[is_prototype])
     shown, features = coords.copy(), points[keep]
     images = np.flatnonzero(~is_prototype)
     for row in np.flatnonzero(is_prototype):

@@ -121,3 +121,27 @@ def test_cuhk01_map_names_repeating_colours_and_highlights_a_person(cuhk01_view)
     )
     with pytest.raises(gr.Error, match="Highlight takes a person id"):
         umap_view(HSV, view, "identity", "somebody")
+
+
+def test_the_default_model_on_cuhk01_ranks_unseen_persons_and_maps_them_without_prototypes():
+    _, view, *_ = switch_benchmark(CHECKPOINT, "cuhk01_occ")
+    explorer = state.explorer_for(CHECKPOINT, "cuhk01_occ")
+    assert explorer.prototype_gap() is None  # test persons have no prototype
+    metrics = explorer.metrics()
+    assert 0.55 < float((metrics.first_true_rank == 1).mean()) < 0.75  # the model card's cuhk01_occ rank-1: 65.0
+    canvas, note = umap_view(CHECKPOINT, view, "identity", "")
+    assert "not training identities of this model" in note
+    figure = json.loads(canvas["figure"])
+    assert not [trace for trace in figure["data"] if trace.get("name") == "prototype"]
+
+
+def test_prototypes_map_to_persons_of_their_own_scene_only():
+    from dpmpp.data.datasets.combined import PETS09_PID_OFFSET
+    from dpmpp.explorer import benchmark_prototype_pids
+
+    model = [3, 7, PETS09_PID_OFFSET + 3]  # two CUHK01 training persons and PETS09 person 3
+    mapped, foreign = benchmark_prototype_pids(model, [1, 2, 3, 4], "cuhk01_pets09", "pets09_occ")
+    assert foreign.tolist() == [True, True, False] and mapped[2] == 3  # CUHK01 person 3 is not PETS09 person 3
+    mapped, foreign = benchmark_prototype_pids(model, [3, 8], "cuhk01_pets09", "cuhk01_occ (split 0)")
+    assert foreign.tolist() == [False, True, True] and mapped[0] == 3
+    assert benchmark_prototype_pids([1, 2], [1, 2], "pets09_occ", "cuhk01 (split 0)")[1].all()

@@ -104,6 +104,16 @@ def inside(box: dict, panel: dict, slack: float = 1.0) -> bool:
     )
 
 
+# The height at which an <img> shows its picture: its box, scaled as its object-fit says (scale-down never enlarges).
+DRAWN_HEIGHT = """(selector) => {
+  const img = document.querySelector(selector), fit = getComputedStyle(img).objectFit;
+  let ratio = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  if (fit === 'scale-down') ratio = Math.min(ratio, 1);
+  if (fit === 'none') ratio = 1;
+  return img.naturalHeight * ratio;
+}"""
+
+
 def open_page(playwright, url: str, viewport: tuple[int, int]):
     if not Path("/usr/bin/chromium").exists():
         pytest.fail("Debian's chromium is not installed")
@@ -296,3 +306,57 @@ def test_retrieval_strip_has_large_crops_and_separate_labels():
     crop = sorted((ROOT / "assets/pets09_occ/crops/query").iterdir())[0]
     wrong = np.asarray(rank_strip(crop, [(crop, False, 0.5, "P03")], size=(128, 256)))[16 + 256 + 8 :]
     assert (np.abs(wrong.astype(int) - RED).sum(axis=2) < 30).any()  # "P03" under a wrong match, in red
+
+
+def test_browser_switches_to_cuhk01_picks_by_picture_and_presents(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser, page, errors = open_page(playwright, server, (1600, 1000))
+        page.get_by_role("tab", name="Query & occlude").click()
+        page.wait_for_function("document.querySelector('#query_header').innerText.includes('pets09_occ')")
+        page.locator("#benchmark input").click()
+        page.get_by_role("option").filter(has_text="cuhk01_occ").click()
+        page.wait_for_function(
+            "document.querySelector('#query_header').innerText.includes('of cuhk01_occ')", timeout=240000
+        )
+        assert "camera A" in page.locator("#query input").input_value()
+        # pick by picture: 96 pictures, failures first, and a click opens the pictured query
+        page.locator("#picker").get_by_text("Pick by picture").click()
+        page.wait_for_function("document.querySelector('#thumbnail_note').innerText.includes('972 queries')")
+        captions = page.locator("#thumbnails .caption-label")
+        page.wait_for_function("document.querySelectorAll('#thumbnails .caption-label').length === 96")
+        caption = captions.nth(5).inner_text()
+        number = int(re.match(r"#(\d+) AP", caption).group(1))
+        captions.nth(5).click()
+        page.wait_for_function(
+            f"document.querySelector('#query_header').innerText.includes('query {number} of cuhk01_occ')"
+        )
+        drawn = lambda: page.evaluate(DRAWN_HEIGHT, "#clean_image img")  # noqa: E731
+        before_height = drawn()
+        shot(page, "cuhk01_picker.png")
+        # presenter mode: larger explanations (cut to two lines) and a larger query
+        size = lambda: page.evaluate(  # noqa: E731
+            "parseFloat(getComputedStyle(document.querySelector('.explain p')).fontSize)"
+        )
+        before = size()
+        page.locator("#presenter input").check()
+        page.wait_for_function("document.body.classList.contains('presenter')")
+        assert size() >= before * 1.15
+        assert drawn() > before_height * 1.4
+        shot(page, "cuhk01_presenter.png")
+        page.locator("#presenter input").uncheck()
+        page.get_by_text("figures download as PNG").click()
+        page.wait_for_function("window.dpmppFigureFormat === 'png'")
+        # the failure table against model B, on the same benchmark
+        page.get_by_role("tab", name="Failures").click()
+        page.locator("#failures_b input").click()
+        page.get_by_role("option").filter(has_text="HSV").click()
+        page.locator("#failures").click()
+        page.wait_for_function(
+            "document.querySelector('#failure_note').innerText.includes('A right, B wrong')", timeout=240000
+        )
+        note = page.locator("#failure_note").inner_text()
+        counts = [int(n) for n in re.findall(r"(?:right|wrong) (\d+)", note)]
+        assert note.startswith("cuhk01_occ") and sum(counts) == 972
+        browser.close()
+    assert errors == []

@@ -144,13 +144,17 @@ document.addEventListener('click', (event) => {
 # cut to its first two lines (hover shows the rest).
 PRESENTER_CSS = """
 body.presenter .gradio-container { font-size: 125%; }
-body.presenter .prose, body.presenter .prose * { font-size: 1.2rem !important; line-height: 1.45 !important; }
+body.presenter .prose p, body.presenter .prose li, body.presenter .prose td, body.presenter .prose th {
+  font-size: 1.2rem !important; line-height: 1.45 !important;
+}
 body.presenter .explain { display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden; }
 body.presenter .explain:hover { display: block; }
-body.presenter #clean_image, body.presenter #occluded_image { height: 460px !important; }
-body.presenter #clean_image img, body.presenter #occluded_image img { max-height: 440px !important; }
+body.presenter #clean_image, body.presenter #occluded_image { height: 480px !important; }
+body.presenter #clean_image img, body.presenter #occluded_image img {
+  height: 440px !important; max-height: none !important; width: auto !important; object-fit: contain !important;
+}
 body.presenter button { font-size: 1.15rem !important; }
 body.presenter label span, body.presenter .label-wrap span { font-size: 1.1rem !important; }
 """
 PRESENTER_JS = "(on) => { document.body.classList.toggle('presenter', !!on); }"
-FORMAT_JS = "(format) => { window.dpmppFigureFormat = String(format || 'SVG').toLowerCase(); }"
+FORMAT_JS = "(format) => { window.dpmppFigureFormat = String(format || 'SVG').split(' ').pop().toLowerCase(); }"

@@ -26,15 +26,21 @@ def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tupl
         ui = SimpleNamespace(start=start, benchmarks=benchmarks, model=gr.State(start), view=gr.State(None))
         gr.Markdown("# dpmpp — occluded person re-identification, seen through DPM++'s masked metric")
         gr.Markdown(ABOUT, elem_classes=["explain"])
-        with gr.Row():
+        with gr.Row(equal_height=True):
             ui.presenter = gr.Checkbox(
-                value=False, label="presenter mode: larger text and crops, short explanations", elem_id="presenter"
+                value=False,
+                label="presenter mode: larger text and crops, short explanations",
+                elem_id="presenter",
+                container=False,
+                scale=3,
             )
             ui.figure_format = gr.Radio(
-                ["SVG", "PNG"],
-                value="SVG",
+                ["figures download as SVG", "figures download as PNG"],
+                value="figures download as SVG",
                 label="figures download as (camera icon on each figure)",
                 elem_id="figure_format",
+                container=False,
+                scale=2,
             )
         ui.role = gr.Markdown(role_note(), elem_id="role_note")
         for view in VIEWS:

@@ -68,7 +68,7 @@ def query_thumbnails(checkpoint: str, text: str, only_failures: bool, view: dict
         and (pattern is None or pattern.search(query_label(explorer, index).lower()))
     ]
     shown = found[:THUMBNAILS]
-    items = [(explorer.split.query[i].path, f"#{i} · P{explorer.split.query[i].pid} · AP {aps[i]:.2f}") for i in shown]
+    items = [(explorer.split.query[i].path, f"#{i} AP {aps[i]:.2f}") for i in shown]
     if not found:
         return [], f'No query of {state.benchmark_of(view)} matches: try a person ("person 3") or an occluder.', []
     more = f"; the first {THUMBNAILS} are shown, narrow the filter for the rest" if len(found) > THUMBNAILS else ""
@@ -240,7 +240,7 @@ def build(ui) -> None:
                 value=ui.benchmarks[0],
                 label="benchmark",
                 elem_id="benchmark",
-                scale=2,
+                scale=3,
             )
             ui.query = gr.Dropdown(
                 choices, value=choices[0][1], label="benchmark query (failures first)", elem_id="query", scale=4
@@ -265,7 +265,7 @@ def build(ui) -> None:
                 ui.thumb_button = gr.Button("Show", scale=1, elem_id="show_thumbnails")
             ui.thumb_note = gr.Markdown(elem_id="thumbnail_note")
             ui.thumbs = gr.Gallery(
-                columns=16,
+                columns=12,
                 height=330,
                 object_fit="contain",
                 allow_preview=False,

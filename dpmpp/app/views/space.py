@@ -38,7 +38,8 @@ def umap_view(checkpoint: str, view: dict, colour_by: str, highlight: str = "", 
     note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
     if trail is not None:
         note = f"Trail: {view['file']}, clean → {occlusion_text(view)}. " + note
-    gap = state.explorer_for(checkpoint, benchmark).prototype_gap()
+    explorer = state.explorer_for(checkpoint, benchmark)
+    gap = explorer.prototype_gap()
     if gap is not None:
         note += (
             f" The prototypes sit apart from the image features: a gallery feature's mean cosine to its "
@@ -46,6 +47,11 @@ def umap_view(checkpoint: str, view: dict, colour_by: str, highlight: str = "", 
             f"prototypes have a mean cosine of {gap['between_prototypes']:.2f}. UMAP puts them all in one corner "
             "of their own, so each star is drawn at the mean map position of its 10 nearest image features "
             "(by cosine), not where UMAP put it."
+        )
+    elif explorer.can_explain:
+        note += (
+            f" The persons of {benchmark} are not training identities of this model: none has a prototype, so the "
+            "map shows no star of theirs (the title counts the training prototypes left out)."
         )
     figure = umap_figure(points, colour_by, trail, person)
     thumbs = [f"/gradio_api/file={path}" if path else "" for path in points.paths]
