@@ -3,13 +3,15 @@
     python bench/readme_screenshots.py [--out assets/readme]
 
 Starts `python app.py` on a free local port with the bundled default checkpoint (dpmpp.paths.DEFAULT_CHECKPOINT),
-drives the page in Chromium through Playwright (viewport 1280 wide) and writes four full-page screenshots:
+drives the page in Chromium through Playwright (viewport 1280 wide) and writes five full-page screenshots:
 
 - app_transfer.png: Query & occlude tab, the first benchmark query (failures first) after a patch transfer, with
   the query saliency, the partner's silhouette, both person masks and the transferred result;
 - app_retrieval.png: Retrieval tab, the same query as given and with a pasted sign, ranked side by side;
 - app_mask.png: Mask tab, the clean and occluded masks over the prototype dimensions and the contributions plot;
-- app_umap.png: Prototype space tab, the UMAP map with one point hovered and clicked, and its nearest neighbours.
+- app_umap.png: Prototype space tab, the UMAP map with one point hovered and clicked, and its nearest neighbours;
+- app_cuhk01_picker.png: Query & occlude tab on cuhk01_occ, the picture picker (failures first) and a query opened
+  from it.
 
 Needs Debian's chromium (`apt-get install chromium`, used from /usr/bin/chromium) and the playwright package. Each
 PNG is written to a temporary file in the output folder and then renamed over the old one. The app is stopped at the
@@ -173,9 +175,23 @@ def shoot_umap(page: Page, out: Path, point: int = 300) -> None:
     save_screenshot(page, out / "app_umap.png")
 
 
+def shoot_cuhk01(page: Page, out: Path) -> None:
+    """Switch to cuhk01_occ, open the picture picker, open a pictured failure and rank it with A and B."""
+    open_tab(page, "Query & occlude")
+    page.locator("#benchmark input").click()
+    page.get_by_role("option").filter(has_text="cuhk01_occ").click()
+    page.wait_for_function(text_contains("#query_header", "of cuhk01_occ"), timeout=UMAP_TIMEOUT_MS)
+    page.locator("#picker").get_by_text("Pick by picture").click()
+    page.wait_for_function(text_contains("#thumbnail_note", "972 queries"), timeout=STEP_TIMEOUT_MS)
+    page.locator("#thumbnails .caption-label").nth(2).click()
+    page.wait_for_selector("#thumbnails img", timeout=STEP_TIMEOUT_MS)
+    page.wait_for_timeout(1500)
+    save_screenshot(page, out / "app_cuhk01_picker.png")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "assets" / "readme"), help="folder for the four PNGs")
+    parser.add_argument("--out", default=str(ROOT / "assets" / "readme"), help="folder for the five PNGs")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +213,7 @@ def main(argv=None) -> None:
                     shoot_retrieval(page, out)
                     shoot_mask(page, out)
                     shoot_umap(page, out)
+                    shoot_cuhk01(page, out)
                 finally:
                     browser.close()
         finally:

@@ -21,7 +21,7 @@ from dpmpp.app.views.failures import failures, open_failure
 from dpmpp.app.views.mask import mask_view
 from dpmpp.app.views.model import start_training, upload_checkpoint
 from dpmpp.app.views.occlude import occlude_paste, occlude_transfer
-from dpmpp.app.views.query import query_choices, select_query
+from dpmpp.app.views.picker import query_choices, select_query
 from dpmpp.app.views.retrieval import retrieve
 from dpmpp.paths import DEFAULT_CHECKPOINT
 
@@ -197,6 +197,9 @@ def test_client_drives_every_view(server, tmp_path):
         "/failures",
         "/export_case",
         "/import_case",
+        "/switch_benchmark",
+        "/query_thumbnails",
+        "/occlusion_sensitivity",
     } <= names
     card, _ = client.predict(str(server[1] / DEFAULT_CHECKPOINT.name), api_name="/load_model")  # State is not returned
     assert "pets09_occ" in card and "rank-1" in card
@@ -219,8 +222,8 @@ def test_client_drives_every_view(server, tmp_path):
     assert abs(painted - 50) <= 3  # the 80-row layer is resized to the crop's height (nearest neighbour)
     figure, counts, _ = client.predict(0.5, api_name="/mask")
     assert "Active dimensions" in counts and json.loads(figure["plot"])["data"]
-    table, _, _ = client.predict("all", 0, False, api_name="/failures")
-    assert len(table["data"]) == 213
+    table, _, _, note = client.predict("all", 0, False, api_name="/failures")
+    assert len(table["data"]) == 213 and note.startswith("pets09_occ: 213 queries")
     headers = table["headers"]
     person, kind = headers.index("occluding person"), headers.index("occluder")
     assert "top match" in headers
@@ -247,11 +250,14 @@ def test_client_drives_every_view(server, tmp_path):
     client.predict("person_P02", 0.4, 0.6, 0.7, api_name="/occlude_paste")
     pasted_case = json.loads(Path(client.predict(10, True, api_name="/export_case")).read_text())
     client.predict(7, api_name="/select_query")  # move away, then load the case back
-    query, occluded, top_k, use_mask, note = client.predict(handle_file(str(case_path)), api_name="/import_case")
+    query, benchmark, occluded, top_k, use_mask, note = client.predict(
+        handle_file(str(case_path)), api_name="/import_case"
+    )
+    assert benchmark == "pets09_occ"
     assert "painted regions are not stored" in note.lower()
     case_file = tmp_path / "pasted.json"
     case_file.write_text(json.dumps(pasted_case))
-    query, occluded, top_k, use_mask, note = client.predict(handle_file(str(case_file)), api_name="/import_case")
+    query, _, occluded, top_k, use_mask, note = client.predict(handle_file(str(case_file)), api_name="/import_case")
     query = query["value"] if isinstance(query, dict) else query  # the client returns the dropdown's update
     assert query == pasted_case["query_index"] and "occlusion paste" in note and occluded is not None
     again = json.loads(Path(client.predict(10, True, api_name="/export_case")).read_text())

@@ -50,7 +50,7 @@ def test_query_table_names_the_top_match_and_the_person_in_front(explorer):
 def test_retrieve_handler_renders_a_strip():
     from dpmpp.app.layout import build_demo
     from dpmpp.app.state import explorer_for
-    from dpmpp.app.views.query import query_choices
+    from dpmpp.app.views.picker import query_choices
 
     demo = build_demo(None)
     assert demo is not None

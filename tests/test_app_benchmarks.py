@@ -13,7 +13,7 @@ from dpmpp.app.views.cases import export_case, import_case
 from dpmpp.app.views.compare import disagreement
 from dpmpp.app.views.failures import failures
 from dpmpp.app.views.model import training_status
-from dpmpp.app.views.query import query_thumbnails, select_query, switch_benchmark
+from dpmpp.app.views.picker import query_thumbnails, select_query, switch_benchmark
 from dpmpp.app.views.retrieval import retrieve
 from dpmpp.app.views.space import umap_view
 from dpmpp.paths import DEFAULT_CHECKPOINT

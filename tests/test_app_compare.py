@@ -11,7 +11,7 @@ from dpmpp.app.state import HSV, explorer_for
 from dpmpp.app.views.cases import export_case
 from dpmpp.app.views.compare import GRIDS, PERSON, compare, disagreement, model_label, sensitivity
 from dpmpp.app.views.occlude import occlude_paste
-from dpmpp.app.views.query import select_query
+from dpmpp.app.views.picker import select_query
 from dpmpp.paths import DEFAULT_CHECKPOINT
 from dpmpp.sensitivity import SensitivityMap
 

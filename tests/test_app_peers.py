@@ -13,9 +13,10 @@ from dpmpp.app.state import (
     explorer_for,
     prototype_map_for,
 )
+from dpmpp.app.views.gradcam import explain
 from dpmpp.app.views.mask import mask_view
 from dpmpp.app.views.model import model_card
-from dpmpp.app.views.query import explain, new_view
+from dpmpp.app.views.picker import new_view
 from dpmpp.app.views.space import umap_select
 from dpmpp.data.datasets import load_split
 from dpmpp.eval.extract import evaluate_similarity

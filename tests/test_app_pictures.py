@@ -196,7 +196,8 @@ def test_headers_name_the_query_occlusion_and_model_and_stale_results_go():
     from dpmpp.app.common import view_header
     from dpmpp.app.views.mask import mask_cleared
     from dpmpp.app.views.occlude import occlude_paste
-    from dpmpp.app.views.query import query_cleared, select_query
+    from dpmpp.app.views.picker import select_query
+    from dpmpp.app.views.query import query_cleared
 
     checkpoint = str(DEFAULT_CHECKPOINT)
     view = select_query(checkpoint, 4)[0]
@@ -217,7 +218,7 @@ def test_a_case_naming_a_missing_query_is_refused_clearly(tmp_path):
     import gradio as gr
 
     from dpmpp.app.views.cases import export_case, import_case
-    from dpmpp.app.views.query import select_query
+    from dpmpp.app.views.picker import select_query
 
     checkpoint = str(DEFAULT_CHECKPOINT)
     case = json.loads(Path(export_case(checkpoint, select_query(checkpoint, 2)[0], 10, True)).read_text())
@@ -232,7 +233,8 @@ def test_a_case_naming_a_missing_query_is_refused_clearly(tmp_path):
 def test_a_refused_upload_names_the_query_that_stays_active(tmp_path):
     import gradio as gr
 
-    from dpmpp.app.views.query import select_query, upload_query
+    from dpmpp.app.views.picker import select_query
+    from dpmpp.app.views.query import upload_query
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
@@ -277,7 +279,7 @@ def test_views_follow_the_query_in_the_browser(server):
 
 
 def test_next_and_previous_step_through_the_queries_failures_first():
-    from dpmpp.app.views.query import next_query, previous_query, query_choices
+    from dpmpp.app.views.picker import next_query, previous_query, query_choices
 
     checkpoint = str(DEFAULT_CHECKPOINT)
     order = [index for _, index in query_choices(explorer_for(checkpoint))]
@@ -291,7 +293,7 @@ def test_next_and_previous_step_through_the_queries_failures_first():
 
 # ----- 5. retrieval for a projector ---------------------------------------------------------------------------------
 def test_retrieval_strip_has_large_crops_and_separate_labels():
-    from dpmpp.app.views.query import select_query
+    from dpmpp.app.views.picker import select_query
     from dpmpp.app.views.retrieval import retrieve
     from dpmpp.viz.rank_strip import RED, rank_strip
 

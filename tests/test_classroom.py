@@ -28,7 +28,8 @@ from dpmpp.app.state import TRAINING_RESERVE_MB, explorer_for
 from dpmpp.app.views.cases import EXPORTS, export_case
 from dpmpp.app.views.model import load_model, start_training, stop_training, upload_checkpoint
 from dpmpp.app.views.occlude import occlude_paint
-from dpmpp.app.views.query import select_query, upload_query
+from dpmpp.app.views.picker import select_query
+from dpmpp.app.views.query import upload_query
 from dpmpp.app.views.space import umap_select, umap_view
 from dpmpp.app.widgets import UPLOAD_SIDE, CheckedImage, CheckedImageEditor
 from dpmpp.jobs import TrainingJobs

@@ -9,7 +9,7 @@ import gradio as gr
 from dpmpp.app.classroom import role_note
 from dpmpp.app.common import ABOUT, FORMAT_JS, HIDDEN, PRESENTER_JS
 from dpmpp.app.state import BENCHMARKS, start_checkpoint
-from dpmpp.app.views import compare, failures, mask, model, query, retrieval, space
+from dpmpp.app.views import compare, failures, mask, model, picker, query, retrieval, space
 
 VIEWS = (model, query, mask, retrieval, compare, space, failures)  # the tabs, in order
 
@@ -49,7 +49,7 @@ def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tupl
         for view in VIEWS:
             if view is not retrieval:
                 view.wire(ui)
-        demo.load(query.first_query, [ui.model, ui.query, ui.benchmark], ui.shown, **HIDDEN).then(**ui.refresh)
+        demo.load(picker.first_query, [ui.model, ui.query, ui.benchmark], ui.shown, **HIDDEN).then(**ui.refresh)
         demo.load(role_note, None, ui.role, **HIDDEN)
         ui.presenter.change(None, ui.presenter, None, js=PRESENTER_JS)
         ui.figure_format.change(None, ui.figure_format, None, js=FORMAT_JS)

@@ -178,6 +178,12 @@ def load(args) -> int:
     return main(args)
 
 
+def app_timing(args) -> int:
+    from dpmpp.bench.app_timing import main
+
+    return main(args)
+
+
 def add_bench_parser(commands) -> None:
     """`bench` and its subcommands, on the top-level parser's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
@@ -255,3 +261,8 @@ def add_bench_parser(commands) -> None:
 
     p = add("load", load, "a class on one server: N students on a launched app, latency per step, RSS, disk")
     load_arguments(p)
+
+    from dpmpp.bench.app_timing import add_arguments as app_arguments
+
+    p = add("app", app_timing, "response times of the app's interactive steps for one visitor, on both benchmarks")
+    app_arguments(p)

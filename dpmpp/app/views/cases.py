@@ -17,7 +17,7 @@ from dpmpp.app.common import clip, view_image
 from dpmpp.app.state import BASELINES
 from dpmpp.app.views.compare import sweep_key
 from dpmpp.app.views.occlude import occlude_paste, occlude_transfer
-from dpmpp.app.views.query import query_choices, select_query
+from dpmpp.app.views.picker import query_choices, select_query
 from dpmpp.app.views.retrieval import top_k_of
 
 EXPORTS = {"folder": None, "age_s": 600.0}  # one folder of case files per server; a file lives 10 minutes

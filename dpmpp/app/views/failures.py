@@ -9,7 +9,7 @@ import numpy as np
 from dpmpp.app import state
 from dpmpp.app.common import HIDDEN, on_query_change, public, view_header
 from dpmpp.app.views import cases, occlude
-from dpmpp.app.views.query import select_query
+from dpmpp.app.views.picker import select_query
 from dpmpp.viz.curves import cmc_figure, occlusion_bins_figure
 
 EXPLAIN = (

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import gradio as gr
-import plotly.graph_objects as go
 
 from dpmpp.api import (
     COMPONENTS,
@@ -25,7 +22,7 @@ from dpmpp.api import (
 )
 from dpmpp.app import state
 from dpmpp.app.classroom import is_teacher, require_manager, session_of, teacher_login
-from dpmpp.app.common import SETTINGS, clip, display, public, refuse
+from dpmpp.app.common import SETTINGS, clip, display, refuse
 from dpmpp.app.state import (
     BASELINES,
     HSV,
@@ -36,8 +33,8 @@ from dpmpp.app.state import (
     checkpoint_options,
     option_name,
 )
-from dpmpp.app.views.query import query_choices
-from dpmpp.viz.curves import loss_figure
+from dpmpp.app.status import STATUS, status_text
+from dpmpp.app.views.picker import query_choices
 
 
 def model_card(checkpoint: str) -> str:
@@ -113,45 +110,6 @@ def start_training(
     except (ValueError, RuntimeError) as error:
         raise refuse(str(error), error) from error
     return status_text(status)
-
-
-def status_text(status) -> str:
-    if status.state == "idle":
-        return "No training job has run in this server yet."
-    eta = f", ETA {status.eta_s / 60:.1f} min" if status.state == "running" else ""
-    speed = f", {status.images_per_s:.0f} images/s" if status.images_per_s else ""
-    return public(f"**{status.state}** ({display(status.out_dir)}): {status.message}{speed}{eta}")
-
-
-FIGURE_EVERY_S = 3.0  # a running job's loss figure is redrawn at most this often, for every session at once
-
-
-class StatusDrawing:
-    """The training status as every session sees it: the text of each version, and the loss figure redrawn when the
-    job's state changes or, while it runs, at most every FIGURE_EVERY_S. Plotly takes about 40 ms per figure under
-    the interpreter lock; thirty polling pages would otherwise redraw it thirty times every 2 s."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._text: tuple[int, str] = (-1, "")
-        self._figure: tuple[int, go.Figure | None] = (0, None)
-        self._drawn_state, self._drawn_version, self._drawn_at = None, -1, 0.0
-
-    def now(self) -> tuple[str, int, go.Figure]:
-        """(status text, drawing number, figure): the drawing number changes whenever the figure does."""
-        status = state.JOBS.status()
-        with self._lock:
-            if self._text[0] != status.version:
-                self._text = (status.version, status_text(status))
-            stale = status.version != self._drawn_version and time.monotonic() - self._drawn_at >= FIGURE_EVERY_S
-            if self._figure[1] is None or status.state != self._drawn_state or stale:
-                self._figure = (self._figure[0] + 1, loss_figure(status.history[-2000:]))
-                self._drawn_state, self._drawn_version = status.state, status.version
-                self._drawn_at = time.monotonic()
-            return self._text[1], *self._figure
-
-
-STATUS = StatusDrawing()
 
 
 def training_status(seen: dict | None = None):

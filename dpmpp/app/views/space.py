@@ -111,7 +111,7 @@ def build(ui) -> None:
                 ["identity", "correctness", "occlusion"], value="identity", label="colour by", scale=2
             )
             ui.highlight = gr.Textbox(
-                label="highlight a person (an id, or 'query' for the query's person)", max_length=20, scale=1
+                value="", label="highlight a person (an id, or 'query' for the query's person)", max_length=20, scale=1
             )
         ui.umap_button = gr.Button("Draw map", elem_id="umap")
         ui.umap_canvas = gr.HTML(value=None, html_template=UMAP_TEMPLATE, js_on_load=UMAP_JS, elem_id="umap_canvas")
