@@ -145,3 +145,11 @@ def test_prototypes_map_to_persons_of_their_own_scene_only():
     mapped, foreign = benchmark_prototype_pids(model, [3, 8], "cuhk01_pets09", "cuhk01_occ (split 0)")
     assert foreign.tolist() == [False, True, True] and mapped[0] == 3
     assert benchmark_prototype_pids([1, 2], [1, 2], "pets09_occ", "cuhk01 (split 0)")[1].all()
+
+
+def test_the_status_poll_runs_only_while_the_model_tab_is_open():
+    from dpmpp.app.views.model import poll_while_open
+
+    opened = lambda label: gr.SelectData(None, {"index": 0, "value": label, "selected": True})  # noqa: E731
+    assert poll_while_open(opened("Model")).active is True
+    assert poll_while_open(opened("Retrieval")).active is False

@@ -6,7 +6,7 @@ from dpmpp.bench.load import STEPS, format_table, run_load
 
 
 def test_every_step_of_a_small_class_answers_without_errors():
-    result = run_load(students=2, rounds=1, with_training=False, think_s=0.5, poll_s=0.5)
+    result = run_load(students=2, rounds=1, with_training=False, think_s=0.5, poll_s=0.5, poll_always=True)
     rows = {row["step"]: row for row in result.rows()}
     assert list(rows) == list(STEPS)
     for step, row in rows.items():

@@ -43,14 +43,16 @@ def build_demo(checkpoint: str | None = None, benchmarks: tuple[str, ...] = tupl
                 scale=2,
             )
         ui.role = gr.Markdown(role_note(), elem_id="role_note")
-        for view in VIEWS:
-            view.build(ui)
+        with gr.Tabs() as ui.tabs:
+            for view in VIEWS:
+                view.build(ui)
         retrieval.wire(ui)  # first: it owns the name /retrieve, and the others end with its refresh
         for view in VIEWS:
             if view is not retrieval:
                 view.wire(ui)
         demo.load(picker.first_query, [ui.model, ui.query, ui.benchmark], ui.shown, **HIDDEN).then(**ui.refresh)
         demo.load(role_note, None, ui.role, **HIDDEN)
+        ui.tabs.select(model.poll_while_open, None, ui.timer, **HIDDEN)
         ui.presenter.change(None, ui.presenter, None, js=PRESENTER_JS)
         ui.figure_format.change(None, ui.figure_format, None, js=FORMAT_JS)
     return demo

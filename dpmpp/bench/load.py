@@ -46,6 +46,7 @@ class LoadResult:
     with_training: bool
     think_s: float
     poll_s: float
+    poll_always: bool = False  # students poll the status all class long (the page polls only on the Model tab)
     wall_s: float = 0.0  # from the first student opening the page to the last one's last step
     latencies: dict[str, list[float]] = field(default_factory=dict)  # seconds of each successful call, per step
     errors: dict[str, list[str]] = field(default_factory=dict)  # the error of each failed call, per step
@@ -351,16 +352,17 @@ def student(url: str, index: int, result: LoadResult, recorder: Recorder, http, 
     client = recorder.call("open page", PageClient, http, url, endpoints, http.timeout.read or 300.0)
     if client is None:
         return
-    done = threading.Event()
+    done, left_model_tab = threading.Event(), threading.Event()  # the page opens on the Model tab
 
-    def poll() -> None:  # the page's gr.Timer(2.0)
-        while not done.wait(result.poll_s):
+    def poll() -> None:  # the page's gr.Timer(2.0), which runs while the Model tab is open
+        while not done.wait(result.poll_s) and not (left_model_tab.is_set() and not result.poll_always):
             recorder.call("train_status", client.predict, api_name="/train_status")
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     try:
         for _ in range(result.rounds):
+            left_model_tab.set()  # to the Query & occlude tab
             recorder.call("select_query", client.predict, rng.randrange(QUERIES), api_name="/select_query")
             pause()
             x, y, scale = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.8)
@@ -401,6 +403,11 @@ def start_teacher_training(url: str, token: str, http, endpoints: Endpoints, pre
     return teacher
 
 
+def teacher_polls(teacher, recorder, every_s: float, class_over: threading.Event) -> None:
+    while not class_over.wait(every_s):
+        recorder.call("train_status", teacher.predict, api_name="/train_status")
+
+
 def run_load(
     students: int = 30,
     rounds: int = 3,
@@ -415,6 +422,7 @@ def run_load(
     port: int | None = None,
     app: str | Path = APP,
     keep: str | Path | None = None,
+    poll_always: bool = False,
 ) -> LoadResult:
     """Start the app, run the class, stop the training and the app; returns what was measured.
 
@@ -422,7 +430,7 @@ def run_load(
     """
     folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="dpmpp_load_"))
     folder.mkdir(parents=True, exist_ok=True)
-    result = LoadResult(students, rounds, with_training, think_s, poll_s)
+    result = LoadResult(students, rounds, with_training, think_s, poll_s, poll_always)
     server = Server(folder, Path(app), port)
     stop_sampling, teacher = threading.Event(), None
     sampler = threading.Thread(
@@ -444,9 +452,15 @@ def run_load(
             threading.Thread(target=student, args=(server.url, i, result, recorder, http, endpoints, seed))
             for i in range(students)
         ]
+        class_over = threading.Event()
+        if teacher is not None:  # the teacher watches the training on the Model tab, polled as the page does
+            threads.append(threading.Thread(target=teacher_polls, args=(teacher, recorder, poll_s, class_over)))
         for thread in threads:
             thread.start()
-        for thread in threads:
+        for thread in threads[:students]:
+            thread.join()
+        class_over.set()
+        for thread in threads[students:]:
             thread.join()
         result.wall_s = time.monotonic() - started
         cpu_after = server.cpu_seconds()
@@ -478,9 +492,10 @@ def _mb(values: list[float], digits: int = 0) -> tuple[str, str, str]:
 
 def format_table(result: LoadResult) -> str:
     training = f"a teacher training running ({result.training_setup})" if result.with_training else "no training"
+    pollers = "every student, all class long" if result.poll_always else "the teacher and students on the Model tab"
     lines = [
         f"{result.students} students × {result.rounds} rounds, {training}; {result.think_s:g} s between clicks, "
-        f"status polled every {result.poll_s:g} s; {result.wall_s:.0f} s",
+        f"status polled every {result.poll_s:g} s by {pollers}; {result.wall_s:.0f} s",
         "",
         "| step | calls | errors | p50 ms | p95 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -517,6 +532,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--think-s", type=float, default=1.0, help="a student's pause between clicks (1 s, ±50%%)")
     parser.add_argument("--poll-s", type=float, default=2.0, help="training status polled this often (2 s)")
+    parser.add_argument(
+        "--poll-always",
+        action="store_true",
+        help="every student polls the status all class long (the page polls only while its Model tab is open)",
+    )
     parser.add_argument("--train-preset", default="tiny", help="the teacher's training preset (tiny)")
     parser.add_argument("--train-epochs", type=int, default=200, help="its stage-2 epochs; stopped at the end (200)")
     parser.add_argument("--port", type=int, default=None, help="the app's port (default: a free one)")
@@ -535,6 +555,7 @@ def main(args) -> int:
         train_epochs=args.train_epochs,
         port=args.port,
         keep=args.keep,
+        poll_always=args.poll_always,
     )
     if args.out:
         Path(args.out).write_text(result.to_json())

@@ -124,6 +124,12 @@ def training_status(seen: dict | None = None):
     return text, figure_out, options_out, seen
 
 
+def poll_while_open(event: gr.SelectData):
+    """The status poll runs while the Model tab is open (where its text and curves show), not behind other tabs:
+    a class working in the query tabs does not poll the server every 2 s."""
+    return gr.Timer(active=event.value == "Model")
+
+
 def stop_training(request: gr.Request | None = None):
     try:
         return status_text(state.JOBS.stop(requester=session_of(request), override=is_teacher(request)))
