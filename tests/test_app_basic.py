@@ -103,3 +103,16 @@ def test_eval_of_the_bundled_model_reproduces_its_recorded_numbers(split_name, c
         printed = json.loads(capsys.readouterr().out)
         for key in ("rank1", "mAP", "mINP", "num_query", "num_gallery"):
             assert printed[key] == pytest.approx(recorded[mode][key], abs=1e-6), (mode, key)
+
+
+def test_cached_captions_draw_the_same_pixels_as_pillow():
+    from PIL import Image, ImageDraw
+
+    from dpmpp.viz.rank_strip import RED, _caption, _font
+
+    for text in ("#1", "0.614", "-0.052", "P03"):
+        drawn, cached = Image.new("RGB", (90, 40), "white"), Image.new("RGB", (90, 40), "white")
+        ImageDraw.Draw(drawn).text((3, 5), text, fill=RED, font=_font(21))
+        _caption(cached, (3, 5), text, RED, 21)
+        assert drawn.tobytes() == cached.tobytes(), text
+        assert len(set(drawn.getdata())) > 2, text  # anti-aliased ink was drawn at all

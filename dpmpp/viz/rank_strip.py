@@ -16,6 +16,28 @@ def _gallery_crop(path: str, size: tuple[int, int]) -> Image.Image:
     return load_image(path).resize(size, Image.BILINEAR)
 
 
+@lru_cache(maxsize=8)
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+@lru_cache(maxsize=4096)  # ranks, scores and names recur; a few kB each
+def _text_mask(text: str, size: int) -> Image.Image:
+    """`text` rendered once as an 8-bit coverage mask, its origin where ImageDraw.text puts it. FreeType holds the
+    interpreter lock while it renders: thirty students' strips would otherwise render the same captions again."""
+    left, top, right, bottom = _font(size).getbbox(text)
+    mask = Image.new("L", (max(right, 1), max(bottom, 1)))
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=_font(size))
+    return mask
+
+
+def _caption(strip: Image.Image, xy: tuple[int, int], text: str, fill: tuple[int, int, int], size: int) -> None:
+    mask = _text_mask(text, size)
+    strip.paste(fill, (xy[0], xy[1], xy[0] + mask.width, xy[1] + mask.height), mask)
+
+
 def bordered(path_or_image, colour: tuple[int, int, int], size: tuple[int, int] = (64, 128), border: int = 4):
     """The crop at `size`, framed in `colour`; a crop given by its path is read and scaled once (cached)."""
     if isinstance(path_or_image, str):
@@ -38,12 +60,10 @@ def rank_strip(
 
     `marks` (optional, one per result) is printed above a crop, e.g. "new" for an item that entered the top-k.
     """
-    from PIL import ImageFont
-
     colour = {True: GREEN, False: RED, None: GREY}
     tiles = [bordered(query, BLUE, size)] + [bordered(r[0], colour[r[1]], size) for r in results]
-    font = ImageFont.load_default(size=max(11, size[0] // 6))
-    line = font.size + 3
+    font_size = max(11, size[0] // 6)
+    line = font_size + 3
     gap, caption, header = 10, 3 * line + 4, 16
     width = sum(t.width for t in tiles) + gap * len(tiles)
     strip = Image.new("RGB", (width, header + tiles[0].height + caption), "white")
@@ -58,7 +78,7 @@ def rank_strip(
             lines = [f"#{index}", f"{result[2]:.3f}"] + ([str(result[3])] if len(result) > 3 and result[3] else [])
         for row, text in enumerate(lines):
             fill = RED if row == 2 else (20, 20, 20)
-            draw.text((x + 2, header + tile.height + 3 + row * line), text, fill=fill, font=font)
+            _caption(strip, (x + 2, header + tile.height + 3 + row * line), text, fill, font_size)
         if index > 0 and marks and marks[index - 1]:
             draw.text((x + 2, 2), marks[index - 1], fill=(200, 110, 0))
         x += tile.width + gap
