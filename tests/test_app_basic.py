@@ -116,3 +116,18 @@ def test_cached_captions_draw_the_same_pixels_as_pillow():
         _caption(cached, (3, 5), text, RED, 21)
         assert drawn.tobytes() == cached.tobytes(), text
         assert len(set(drawn.getdata())) > 2, text  # anti-aliased ink was drawn at all
+
+
+def test_warming_the_strips_reads_the_crops_the_first_rankings_show():
+    from dpmpp.app.views import retrieval
+    from dpmpp.app.views.picker import select_query
+    from dpmpp.paths import DEFAULT_CHECKPOINT
+    from dpmpp.viz.rank_strip import _gallery_crop
+
+    checkpoint = str(DEFAULT_CHECKPOINT)
+    _gallery_crop.cache_clear()
+    read = retrieval.warm(checkpoint)
+    assert 50 < read <= _gallery_crop.cache_info().maxsize and read == _gallery_crop.cache_info().currsize
+    misses = _gallery_crop.cache_info().misses
+    retrieval.retrieve(checkpoint, select_query(checkpoint, 0)[0], 10, True)
+    assert _gallery_crop.cache_info().misses == misses  # the query's top-10 was read at warm-up

@@ -55,6 +55,7 @@ class LoadResult:
     training: str = ""  # the training status at the end
     training_setup: str = ""  # what the teacher started
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the class: server, training, clients
+    calls: list[tuple[float, str, float]] = field(default_factory=list)  # (start s, step, latency s) per call
 
     def rows(self) -> list[dict]:
         """One row per step: calls, errors, p50, p95 and max latency in ms (NaN where no call succeeded)."""
@@ -219,7 +220,7 @@ def folder_bytes(folder: Path) -> int:
 # ----- the class ----------------------------------------------------------------------------------------------
 class Recorder:
     def __init__(self, result: LoadResult) -> None:
-        self.result, self._lock = result, threading.Lock()
+        self.result, self._lock, self._zero = result, threading.Lock(), time.perf_counter()
 
     def call(self, step: str, fn, *args, **kwargs):
         started = time.perf_counter()
@@ -231,6 +232,7 @@ class Recorder:
             return None
         with self._lock:
             self.result.latencies.setdefault(step, []).append(time.perf_counter() - started)
+            self.result.calls.append((started - self._zero, step, time.perf_counter() - started))
         return value
 
 

@@ -16,6 +16,20 @@ def _gallery_crop(path: str, size: tuple[int, int]) -> Image.Image:
     return load_image(path).resize(size, Image.BILINEAR)
 
 
+def preload(paths: list[str], size: tuple[int, int], font_size: int, persons: list[int]) -> int:
+    """Read and scale `paths` into the crop cache (as many as it holds) and render the captions a strip uses (ranks,
+    scores to three decimals, person names), so that the first strips a class asks for at once do not decode and
+    render them all under the interpreter lock. Returns the number of crops read."""
+    paths = list(dict.fromkeys(paths))[: _gallery_crop.cache_info().maxsize]
+    for path in paths:
+        _gallery_crop(path, tuple(size))
+    captions = [f"#{rank}" for rank in range(1, 21)] + [f"P{pid:02d}" for pid in persons]
+    captions += [f"{score / 1000:.3f}" for score in range(-1000, 1001)]
+    for text in captions[: _text_mask.cache_info().maxsize]:
+        _text_mask(text, font_size)
+    return len(paths)
+
+
 @lru_cache(maxsize=8)
 def _font(size: int):
     from PIL import ImageFont
@@ -36,6 +50,11 @@ def _text_mask(text: str, size: int) -> Image.Image:
 def _caption(strip: Image.Image, xy: tuple[int, int], text: str, fill: tuple[int, int, int], size: int) -> None:
     mask = _text_mask(text, size)
     strip.paste(fill, (xy[0], xy[1], xy[0] + mask.width, xy[1] + mask.height), mask)
+
+
+def caption_size(size: tuple[int, int]) -> int:
+    """The caption font size of a strip of crops of `size`."""
+    return max(11, size[0] // 6)
 
 
 def bordered(path_or_image, colour: tuple[int, int, int], size: tuple[int, int] = (64, 128), border: int = 4):
@@ -62,7 +81,7 @@ def rank_strip(
     """
     colour = {True: GREEN, False: RED, None: GREY}
     tiles = [bordered(query, BLUE, size)] + [bordered(r[0], colour[r[1]], size) for r in results]
-    font_size = max(11, size[0] // 6)
+    font_size = caption_size(size)
     line = font_size + 3
     gap, caption, header = 10, 3 * line + 4, 16
     width = sum(t.width for t in tiles) + gap * len(tiles)
