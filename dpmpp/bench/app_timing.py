@@ -18,21 +18,30 @@ from pathlib import Path
 from dpmpp.bench.load import Endpoints, PageClient, Server, http_client
 
 HSV = "HSV colour floor (no model)"
-PASTE = ("sign", 0.5, 0.45, 0.4)
-SWEEP = (HSV, "grey block", 0.35, "5 × 10 (50 places)", "AP", True, True)  # both models, 50 places
-STEPS = {  # label -> (api name, arguments)
-    "select a query": ("/select_query", (7,)),
-    "paste an occluder": ("/occlude_paste", PASTE),
-    "patch transfer": ("/occlude_transfer", ("auto", -1)),
-    "retrieve (top-10, both strips)": ("/retrieve", (10, True)),
-    "mask": ("/mask", (0.5,)),
-    "Grad-CAM": ("/explain", ()),
-    "compare with model B (HSV)": ("/compare_models", (HSV, True)),
-    "occlusion sensitivity, 50 places, A and B": ("/occlusion_sensitivity", SWEEP),
-    "pictures (96, failures first)": ("/query_thumbnails", ("", False)),
-    "failure table": ("/failures", ("all", 0, False, "none", "all")),
-    "failure table vs model B": ("/failures", ("all", 0, False, HSV, "all")),
-    "map (UMAP, cached per model)": ("/umap", ("identity", "")),
+
+
+def paste(i: int) -> tuple:  # every call another place, so no call reuses another's embedding
+    return ("sign", 0.3 + 0.04 * (i % 10), 0.45, 0.4)
+
+
+# label -> (api name, arguments of call i): each call differs from the others (query, place, scale, shift), so that
+# no embedding remembered from an earlier call is reused, as a new click of a visitor would not
+STEPS = {
+    "select a query": ("/select_query", lambda i: (7 + i,)),
+    "paste an occluder": ("/occlude_paste", paste),
+    "patch transfer": ("/occlude_transfer", lambda i: ("auto", i % 4)),
+    "retrieve (top-10, both strips)": ("/retrieve", lambda i: (10, True)),
+    "mask": ("/mask", lambda i: (0.5,)),
+    "Grad-CAM": ("/explain", lambda i: ()),
+    "compare with model B (HSV)": ("/compare_models", lambda i: (HSV, True)),
+    "occlusion sensitivity, 50 places, A and B": (
+        "/occlusion_sensitivity",
+        lambda i: (HSV, "grey block", 0.3 + 0.01 * i, "5 × 10 (50 places)", "AP", True, True),
+    ),
+    "pictures (96, failures first)": ("/query_thumbnails", lambda i: ("", False)),
+    "failure table": ("/failures", lambda i: ("all", 0, False, "none", "all")),
+    "failure table vs model B": ("/failures", lambda i: ("all", 0, False, HSV, "all")),
+    "map (UMAP, cached per model)": ("/umap", lambda i: ("identity", "")),
 }
 CUHK01_STEPS = (  # what differs on 972 queries and 972 gallery crops
     "select a query",
@@ -46,10 +55,15 @@ CUHK01_STEPS = (  # what differs on 972 queries and 972 gallery crops
 )
 
 
+PAUSE_S = 0.2  # between calls: a visitor clicks a few times a second at most (the server limits a page to 8/s)
+
+
 def timed(client, api_name: str, args: tuple) -> float:
     started = time.perf_counter()
     client.predict(*args, api_name=api_name)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    time.sleep(PAUSE_S)
+    return seconds
 
 
 def run(repeats: int = 5) -> tuple[list[dict], dict]:
@@ -64,18 +78,20 @@ def run(repeats: int = 5) -> tuple[list[dict], dict]:
         for benchmark, steps in (("pets09_occ", list(STEPS)), ("cuhk01_occ", CUHK01_STEPS)):
             if benchmark != "pets09_occ":
                 first[f"first switch to {benchmark}"] = timed(client, "/switch_benchmark", (benchmark,))
-                first[f"first map of {benchmark}"] = timed(client, *STEPS["map (UMAP, cached per model)"])
+                first[f"first map of {benchmark}"] = timed(client, "/umap", ("identity", ""))
                 first[f"first failure table of {benchmark} vs model B"] = timed(
-                    client, *STEPS["failure table vs model B"]
+                    client, "/failures", ("all", 0, False, HSV, "all")
                 )
             for label in steps:
-                api_name, args = STEPS[label]
-                if label != "select a query":  # the other steps act on the session's query, occluded
-                    timed(client, "/select_query", STEPS["select a query"][1])
-                    if label not in ("paste an occluder", "patch transfer"):
-                        timed(client, "/occlude_paste", PASTE)
-                timed(client, api_name, args)  # warm
-                times = [timed(client, api_name, args) for _ in range(repeats)]
+                api_name, make = STEPS[label]
+                times = []
+                for i in range(-1, repeats):  # call -1 warms the step
+                    if label != "select a query":  # the other steps act on the session's query, occluded anew
+                        timed(client, "/select_query", (20 + i,))
+                        if label not in ("paste an occluder", "patch transfer"):
+                            timed(client, "/occlude_paste", paste(i + 3))
+                    seconds = timed(client, api_name, make(i))
+                    times += [seconds] if i >= 0 else []
                 rows.append(
                     {"benchmark": benchmark, "step": label, "median_s": statistics.median(times), "max_s": max(times)}
                 )
