@@ -80,8 +80,10 @@ def test_mask_view_counts_active_dimensions(view):
 
 
 def test_failures_filter_and_bins():
-    table, cmc, bins, note = failures(CHECKPOINT, "sign", 0.3, True)
+    table, cmc, bins, note, pictures, shown = failures(CHECKPOINT, "sign", 0.3, True)
     assert note.startswith("pets09_occ: 213 queries")
+    assert shown == [int(q) for q in table["query"].head(48)]  # the pictures follow the table's order
+    assert [caption for _, caption in pictures] == [f"#{q} AP {ap:.2f}" for q, ap in zip(shown, table["AP"])]
     assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()
     assert (table["first true rank"] != 1).all() and list(table["AP"]) == sorted(table["AP"])
     assert {trace.name for trace in cmc.data} == {"mask on", "mask off"}
@@ -222,7 +224,8 @@ def test_client_drives_every_view(server, tmp_path):
     assert abs(painted - 50) <= 3  # the 80-row layer is resized to the crop's height (nearest neighbour)
     figure, counts, _ = client.predict(0.5, api_name="/mask")
     assert "Active dimensions" in counts and json.loads(figure["plot"])["data"]
-    table, _, _, note = client.predict("all", 0, False, api_name="/failures")
+    table, _, _, note, pictures = client.predict("all", 0, False, api_name="/failures")
+    assert len(pictures) == 48
     assert len(table["data"]) == 213 and note.startswith("pets09_occ: 213 queries")
     headers = table["headers"]
     person, kind = headers.index("occluding person"), headers.index("occluder")

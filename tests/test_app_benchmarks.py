@@ -44,7 +44,7 @@ def test_switching_to_cuhk01_lists_its_queries_and_ranks_its_gallery(cuhk01_view
 
 
 def test_cuhk01_failure_table_compares_each_query_with_its_own_clean_image(cuhk01_view):
-    table, _, bins, note = failures(HSV, "all", 0, False, "none", "all", cuhk01_view[1])
+    table, _, bins, note, _, _ = failures(HSV, "all", 0, False, "none", "all", cuhk01_view[1])
     assert note.startswith("cuhk01_occ: 972 queries") and len(table) == 972
     assert set(table["occluder"]) == {"person", "sign", "pole"}
     clean = state.explorer_for(HSV, "cuhk01")  # the same queries without their occluders
@@ -69,7 +69,7 @@ def test_unknown_benchmarks_are_refused():
 
 
 def test_failure_table_with_model_b_counts_the_disagreements():
-    table, _, _, note = failures(CHECKPOINT, "all", 0, False, HSV, "all", None)
+    table, _, _, note, _, _ = failures(CHECKPOINT, "all", 0, False, HSV, "all", None)
     a, b = state.explorer_for(CHECKPOINT), state.explorer_for(HSV)
     right_a, right_b = a.metrics().first_true_rank == 1, b.metrics().first_true_rank == 1
     expected = int((right_a & ~right_b).sum())

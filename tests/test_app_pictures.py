@@ -360,5 +360,12 @@ def test_browser_switches_to_cuhk01_picks_by_picture_and_presents(server):
         note = page.locator("#failure_note").inner_text()
         counts = [int(n) for n in re.findall(r"(?:right|wrong) (\d+)", note)]
         assert note.startswith("cuhk01_occ") and sum(counts) == 972
+        # the table's first rows as pictures: a click opens that query
+        first = page.locator("#failure_pictures .caption-label").first
+        number = int(re.match(r"#(\d+) AP", first.inner_text()).group(1))
+        first.click()
+        page.wait_for_function(
+            f"document.querySelector('#failures_header').innerText.includes('query {number} of cuhk01_occ')"
+        )
         browser.close()
     assert errors == []

@@ -9,7 +9,7 @@ import numpy as np
 from dpmpp.app import state
 from dpmpp.app.common import HIDDEN, on_query_change, public, view_header
 from dpmpp.app.views import cases, occlude
-from dpmpp.app.views.picker import select_query
+from dpmpp.app.views.picker import pick_thumbnail, select_query
 from dpmpp.viz.curves import cmc_figure, occlusion_bins_figure
 
 EXPLAIN = (
@@ -22,6 +22,7 @@ EXPLAIN = (
     "queries where exactly one of the two is right at rank 1."
 )
 NO_B = "none"
+FAILURE_PICTURES = 48  # the table's first rows as pictures, in its order
 AGREEMENT = ("all", "A right, B wrong", "A wrong, B right", "both right", "both wrong")
 
 
@@ -78,7 +79,10 @@ def failures(
     curves = {"mask on": explorer.metrics(True).cmc.tolist()}
     if explorer.has_mask:
         curves["mask off"] = explorer.metrics(False).cmc.tolist()
-    return table, cmc_figure(curves), occlusion_bins_figure(explorer.by_occlusion()), public(note)
+    shown = [int(q) for q in table["query"].head(FAILURE_PICTURES)]
+    pictures = [(explorer.split.query[q].path, f"#{q} AP {explorer.metrics().ap[q]:.2f}") for q in shown]
+    bins = occlusion_bins_figure(explorer.by_occlusion())
+    return table, cmc_figure(curves), bins, public(note), pictures, shown
 
 
 def open_failure(checkpoint: str, table, view: dict | None, event: gr.SelectData):
@@ -111,6 +115,15 @@ def build(ui) -> None:
             )
             ui.agreement = gr.Radio(list(AGREEMENT), value="all", label="rank-1 agreement of A and B")
         ui.failure_note = gr.Markdown("Select a row to open that query.", elem_id="failure_note")
+        ui.failure_pictures = gr.Gallery(
+            label="the table's first 48 rows as pictures, in its order (click one to open it)",
+            columns=16,
+            height=190,
+            object_fit="contain",
+            allow_preview=False,
+            elem_id="failure_pictures",
+        )
+        ui.failure_picture_queries = gr.State([])
         ui.table = gr.Dataframe(headers=columns, interactive=False, elem_id="failure_table", max_height=360)
         with gr.Row():
             ui.cmc_plot = gr.Plot(label="CMC")
@@ -122,12 +135,17 @@ def wire(ui) -> None:
     listing = dict(
         fn=failures,
         inputs=[ui.model, ui.occluder_filter, ui.min_occluded, ui.only_failures, ui.failures_b, ui.agreement, ui.view],
-        outputs=[ui.table, ui.cmc_plot, ui.bins_plot, ui.failure_note],
+        outputs=[ui.table, ui.cmc_plot, ui.bins_plot, ui.failure_note, ui.failure_pictures, ui.failure_picture_queries],
     )
     ui.failures_button.click(api_name="failures", **listing)
     ui.failures_tab.select(**listing, **HIDDEN)  # the loaded model's table whenever the tab opens
     ui.table.select(open_failure, [ui.model, ui.table, ui.view], [ui.query, *ui.shown], **HIDDEN).then(
         opened, ui.view, ui.failure_note, **HIDDEN
     ).then(**ui.refresh).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
+    ui.failure_pictures.select(
+        pick_thumbnail, [ui.model, ui.failure_picture_queries, ui.view], [ui.query, *ui.shown], **HIDDEN
+    ).then(opened, ui.view, ui.failure_note, **HIDDEN).then(**ui.refresh).then(
+        occlude.editor_background, ui.view, ui.editor, **HIDDEN
+    )
     on_query_change(ui, view_header, [ui.failures_header])
     cases.wire(ui)
