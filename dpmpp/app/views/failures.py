@@ -117,7 +117,7 @@ def build(ui) -> None:
         ui.failure_note = gr.Markdown("Select a row to open that query.", elem_id="failure_note")
         ui.failure_pictures = gr.Gallery(
             label="the table's first 48 rows as pictures, in its order (click one to open it)",
-            columns=16,
+            columns=10,
             height=190,
             object_fit="contain",
             allow_preview=False,

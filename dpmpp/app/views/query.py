@@ -109,7 +109,7 @@ def build(ui) -> None:
                 ui.thumb_button = gr.Button("Show", scale=1, elem_id="show_thumbnails")
             ui.thumb_note = gr.Markdown(elem_id="thumbnail_note")
             ui.thumbs = gr.Gallery(
-                columns=12,
+                columns=10,
                 height=330,
                 object_fit="contain",
                 allow_preview=False,
