@@ -426,9 +426,7 @@ def benchmark_prototype_pids(
             ["pets09" if combined and p >= PETS09_PID_OFFSET else _family(model_dataset) for p in pids], dtype=object
         )
         mapped = np.where(pids >= PETS09_PID_OFFSET, pids - PETS09_PID_OFFSET, pids) if combined else pids.copy()
-        foreign = np.array(
-            [s != _family(benchmark) or int(m) not in known for s, m in zip(scene, mapped)], bool
-        ).reshape(len(pids))
+        foreign = np.array([s != _family(benchmark) or int(m) not in known for s, m in zip(scene, mapped)], bool)
         return np.where(foreign, pids, mapped), foreign
     offset = PETS09_PID_OFFSET if any(int(p) - PETS09_PID_OFFSET in known for p in pids) else 0
     mapped = np.where(pids >= offset, pids - offset, pids) if offset else pids.copy()

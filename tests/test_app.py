@@ -82,6 +82,7 @@ def test_mask_view_counts_active_dimensions(view):
 def test_failures_filter_and_bins():
     table, cmc, bins, note, pictures, shown = failures(CHECKPOINT, "sign", 0.3, True)
     assert note.startswith("pets09_occ: 213 queries")
+    shown = shown["queries"]
     assert shown == [int(q) for q in table["query"].head(48)]  # the pictures follow the table's order
     assert [caption for _, caption in pictures] == [f"#{q} AP {ap:.2f}" for q, ap in zip(shown, table["AP"])]
     assert len(table) > 0 and (table["occluder"] == "sign").all() and (table["occluded"] >= 0.3).all()

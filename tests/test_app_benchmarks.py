@@ -13,7 +13,7 @@ from dpmpp.app.views.cases import export_case, import_case
 from dpmpp.app.views.compare import disagreement
 from dpmpp.app.views.failures import failures
 from dpmpp.app.views.model import training_status
-from dpmpp.app.views.picker import query_thumbnails, select_query, switch_benchmark
+from dpmpp.app.views.picker import pick_thumbnail, query_thumbnails, select_query, switch_benchmark
 from dpmpp.app.views.retrieval import retrieve
 from dpmpp.app.views.space import umap_view
 from dpmpp.paths import DEFAULT_CHECKPOINT
@@ -83,16 +83,32 @@ def test_failure_table_with_model_b_counts_the_disagreements():
 
 
 def test_thumbnails_filter_by_phrase_and_keep_failures_first():
-    items, note, indices = query_thumbnails(CHECKPOINT, "pole", False, None)
+    items, note, shown = query_thumbnails(CHECKPOINT, "pole", False, None)
+    indices = shown["queries"]
     explorer = state.explorer_for(CHECKPOINT)
+    assert shown["benchmark"] == "pets09_occ"
     assert indices and all(explorer.split.query[i].meta["occluder"] == "pole" for i in indices)
     aps = explorer.metrics().ap[indices]
     assert list(aps) == sorted(aps) and len(items) == len(indices) and f"{len(indices)} queries" in note
-    person = query_thumbnails(CHECKPOINT, "person 3", True, None)[2]
+    person = query_thumbnails(CHECKPOINT, "person 3", True, None)[2]["queries"]
     assert person and all(explorer.split.query[i].pid == 3 for i in person)
     assert all(explorer.metrics().first_true_rank[i] != 1 for i in person)
     nothing = query_thumbnails(CHECKPOINT, "no such words", False, None)
     assert nothing[0] == [] and "No query" in nothing[1]
+
+
+def test_a_picture_opens_its_query_and_pictures_of_another_benchmark_are_refused(cuhk01_view):
+    shown = query_thumbnails(CHECKPOINT, "pole", False, None)[2]  # pets09_occ pictures
+
+    class Clicked:  # what Gradio passes for a click on the third picture
+        index = 2
+
+    update, view, *_ = pick_thumbnail(CHECKPOINT, shown, None, Clicked())
+    assert update["value"] == view["query_index"] == shown["queries"][2] and view["benchmark"] == "pets09_occ"
+    with pytest.raises(gr.Error, match="out of date"):
+        pick_thumbnail(CHECKPOINT, shown, cuhk01_view[1], Clicked())  # query numbers of pets09 on cuhk01_occ
+    with pytest.raises(gr.Error, match="out of date"):
+        pick_thumbnail(CHECKPOINT, None, None, Clicked())
 
 
 def test_status_poll_sends_the_figure_once_per_drawing():

@@ -310,29 +310,39 @@ def test_retrieval_strip_has_large_crops_and_separate_labels():
     assert (np.abs(wrong.astype(int) - RED).sum(axis=2) < 30).any()  # "P03" under a wrong match, in red
 
 
+def wait_for_text(page, selector: str, text: str, timeout: float = 30000) -> None:
+    """Wait until the element's text contains `text`."""
+    page.wait_for_function(
+        "([selector, text]) => (document.querySelector(selector)?.innerText || '').includes(text)",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+
+
+def open_pictured(page, gallery: str, nth: int, header: str, benchmark: str) -> int:
+    """Click picture `nth` of a gallery of queries ("#123 AP 0.05"); the view's header must then name that query."""
+    caption = page.locator(f"{gallery} .caption-label").nth(nth)
+    number = int(re.match(r"#(\d+) AP", caption.inner_text()).group(1))
+    caption.click()
+    wait_for_text(page, header, f"query {number} of {benchmark}")
+    return number
+
+
 def test_browser_switches_to_cuhk01_picks_by_picture_and_presents(server):
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
         browser, page, errors = open_page(playwright, server, (1600, 1000))
         page.get_by_role("tab", name="Query & occlude").click()
-        page.wait_for_function("document.querySelector('#query_header').innerText.includes('pets09_occ')")
+        wait_for_text(page, "#query_header", "pets09_occ")
         page.locator("#benchmark input").click()
         page.get_by_role("option").filter(has_text="cuhk01_occ").click()
-        page.wait_for_function(
-            "document.querySelector('#query_header').innerText.includes('of cuhk01_occ')", timeout=240000
-        )
+        wait_for_text(page, "#query_header", "of cuhk01_occ", timeout=240000)
         assert "camera A" in page.locator("#query input").input_value()
         # pick by picture: 96 pictures, failures first, and a click opens the pictured query
         page.locator("#picker").get_by_text("Pick by picture").click()
-        page.wait_for_function("document.querySelector('#thumbnail_note').innerText.includes('972 queries')")
-        captions = page.locator("#thumbnails .caption-label")
+        wait_for_text(page, "#thumbnail_note", "972 queries")
         page.wait_for_function("document.querySelectorAll('#thumbnails .caption-label').length === 96")
-        caption = captions.nth(5).inner_text()
-        number = int(re.match(r"#(\d+) AP", caption).group(1))
-        captions.nth(5).click()
-        page.wait_for_function(
-            f"document.querySelector('#query_header').innerText.includes('query {number} of cuhk01_occ')"
-        )
+        open_pictured(page, "#thumbnails", 5, "#query_header", "cuhk01_occ")
         drawn = lambda: page.evaluate(DRAWN_HEIGHT, "#clean_image img")  # noqa: E731
         before_height = drawn()
         shot(page, "cuhk01_picker.png")
@@ -354,18 +364,11 @@ def test_browser_switches_to_cuhk01_picks_by_picture_and_presents(server):
         page.locator("#failures_b input").click()
         page.get_by_role("option").filter(has_text="HSV").click()
         page.locator("#failures").click()
-        page.wait_for_function(
-            "document.querySelector('#failure_note').innerText.includes('A right, B wrong')", timeout=240000
-        )
+        wait_for_text(page, "#failure_note", "A right, B wrong", timeout=240000)
         note = page.locator("#failure_note").inner_text()
         counts = [int(n) for n in re.findall(r"(?:right|wrong) (\d+)", note)]
         assert note.startswith("cuhk01_occ") and sum(counts) == 972
         # the table's first rows as pictures: a click opens that query
-        first = page.locator("#failure_pictures .caption-label").first
-        number = int(re.match(r"#(\d+) AP", first.inner_text()).group(1))
-        first.click()
-        page.wait_for_function(
-            f"document.querySelector('#failures_header').innerText.includes('query {number} of cuhk01_occ')"
-        )
+        open_pictured(page, "#failure_pictures", 0, "#failures_header", "cuhk01_occ")
         browser.close()
     assert errors == []

@@ -104,7 +104,7 @@ def wire(ui) -> None:
     ui.export_button.click(
         export_case, [ui.model, ui.view, ui.top_k, ui.use_mask, ui.sweep_record], ui.case_file, api_name="export_case"
     )
-    ui.import_button.click(
+    ui.case_imported = ui.import_button.click(
         import_case,
         [ui.model, ui.case_file],
         [ui.query, ui.benchmark, ui.view, ui.occluded_image, ui.top_k, ui.use_mask, ui.case_note],

@@ -9,7 +9,7 @@ import numpy as np
 from dpmpp.app import state
 from dpmpp.app.common import HIDDEN, on_query_change, public, view_header
 from dpmpp.app.views import cases, occlude
-from dpmpp.app.views.picker import pick_thumbnail, select_query
+from dpmpp.app.views.picker import pick_thumbnail, pictured, select_query
 from dpmpp.viz.curves import cmc_figure, occlusion_bins_figure
 
 EXPLAIN = (
@@ -82,7 +82,7 @@ def failures(
     shown = [int(q) for q in table["query"].head(FAILURE_PICTURES)]
     pictures = [(explorer.split.query[q].path, f"#{q} AP {explorer.metrics().ap[q]:.2f}") for q in shown]
     bins = occlusion_bins_figure(explorer.by_occlusion())
-    return table, cmc_figure(curves), bins, public(note), pictures, shown
+    return table, cmc_figure(curves), bins, public(note), pictures, pictured(benchmark, shown)
 
 
 def open_failure(checkpoint: str, table, view: dict | None, event: gr.SelectData):
@@ -123,7 +123,7 @@ def build(ui) -> None:
             allow_preview=False,
             elem_id="failure_pictures",
         )
-        ui.failure_picture_queries = gr.State([])
+        ui.failure_pictures_shown = gr.State(None)  # `picker.pictured`
         ui.table = gr.Dataframe(headers=columns, interactive=False, elem_id="failure_table", max_height=360)
         with gr.Row():
             ui.cmc_plot = gr.Plot(label="CMC")
@@ -135,7 +135,7 @@ def wire(ui) -> None:
     listing = dict(
         fn=failures,
         inputs=[ui.model, ui.occluder_filter, ui.min_occluded, ui.only_failures, ui.failures_b, ui.agreement, ui.view],
-        outputs=[ui.table, ui.cmc_plot, ui.bins_plot, ui.failure_note, ui.failure_pictures, ui.failure_picture_queries],
+        outputs=[ui.table, ui.cmc_plot, ui.bins_plot, ui.failure_note, ui.failure_pictures, ui.failure_pictures_shown],
     )
     ui.failures_button.click(api_name="failures", **listing)
     ui.failures_tab.select(**listing, **HIDDEN)  # the loaded model's table whenever the tab opens
@@ -143,9 +143,10 @@ def wire(ui) -> None:
         opened, ui.view, ui.failure_note, **HIDDEN
     ).then(**ui.refresh).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
     ui.failure_pictures.select(
-        pick_thumbnail, [ui.model, ui.failure_picture_queries, ui.view], [ui.query, *ui.shown], **HIDDEN
+        pick_thumbnail, [ui.model, ui.failure_pictures_shown, ui.view], [ui.query, *ui.shown], **HIDDEN
     ).then(opened, ui.view, ui.failure_note, **HIDDEN).then(**ui.refresh).then(
         occlude.editor_background, ui.view, ui.editor, **HIDDEN
     )
     on_query_change(ui, view_header, [ui.failures_header])
     cases.wire(ui)
+    ui.case_imported.then(**listing, **HIDDEN)  # a case may be of another benchmark: the table follows it

@@ -34,7 +34,7 @@ from dpmpp.app.state import (
     option_name,
 )
 from dpmpp.app.status import STATUS, status_text
-from dpmpp.app.views.picker import query_choices
+from dpmpp.app.views.picker import open_benchmark
 
 
 def model_card(checkpoint: str) -> str:
@@ -51,21 +51,19 @@ def model_card(checkpoint: str) -> str:
     return model_card_markdown(checkpoint)
 
 
-def load_model(checkpoint: str, view: dict | None = None, request: gr.Request | None = None, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
-    """Another model for the session, on the benchmark of its view, in named steps (the first load of a model embeds
-    the benchmark; its embeddings are kept on disk, so the next load reads them)."""
+def load_model(
+    checkpoint: str,
+    view: dict | None = None,
+    request: gr.Request | None = None,
+    progress=gr.Progress(),  # noqa: B008 - how Gradio asks for a progress bar
+):
+    """Another model for the session, on the benchmark of its view."""
     key = checkpoint_for(checkpoint, request)
-    benchmark = state.benchmark_of(view)
     try:
-        progress(0.05, desc=f"Reading {option_name(key)}")
-        state.model_for(key)
-        progress(0.3, desc=f"Embedding {benchmark} (read from disk if this model embedded it before)")
-        explorer = state.explorer_of(key, view)
-        progress(0.9, desc="Ranking the queries")
+        _, choices = open_benchmark(key, state.benchmark_of(view), progress)
         card = model_card(key)
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as error:
         raise refuse(f"Could not load {display(key)}: {error}. The previous model stays active.", error) from error
-    choices = query_choices(explorer)
     return key, card, gr.update(choices=choices, value=choices[0][1])
 
 

@@ -28,7 +28,7 @@ def query_label(explorer: BenchmarkExplorer, index: int) -> str:
     record, ap = explorer.split.query[index], float(explorer.metrics().ap[index])
     where = (
         f"track {record.camid}"
-        if "frame" in record.meta
+        if explorer.split.camid_is_track
         else f"camera {'AB'[record.camid] if record.camid < 2 else record.camid}"
     )
     occluder = record.meta.get("occluder_kind") or record.meta.get("occluder")
@@ -60,22 +60,31 @@ def query_thumbnails(checkpoint: str, text: str, only_failures: bool, view: dict
     ]
     shown = found[:THUMBNAILS]
     items = [(explorer.split.query[i].path, f"#{i} AP {aps[i]:.2f}") for i in shown]
+    benchmark = state.benchmark_of(view)
     if not found:
-        return [], f'No query of {state.benchmark_of(view)} matches: try a person ("person 3") or an occluder.', []
+        return (
+            [],
+            f'No query of {benchmark} matches: try a person ("person 3") or an occluder.',
+            pictured(benchmark, []),
+        )
     more = f"; the first {THUMBNAILS} are shown, narrow the filter for the rest" if len(found) > THUMBNAILS else ""
-    return (
-        items,
-        f"{len(found)} queries of {state.benchmark_of(view)}, failures first{more}. Click one to open it.",
-        shown,
-    )
+    note = f"{len(found)} queries of {benchmark}, failures first{more}. Click one to open it."
+    return items, note, pictured(benchmark, shown)
 
 
-def pick_thumbnail(checkpoint: str, shown: list[int] | None, view: dict | None, event: gr.SelectData):
-    """A click on a picture opens its query."""
+def pictured(benchmark: str, queries: list[int]) -> dict:
+    """What a page keeps of the pictures it shows: their benchmark and query numbers (`pick_thumbnail`)."""
+    return {"benchmark": benchmark, "queries": [int(q) for q in queries]}
+
+
+def pick_thumbnail(checkpoint: str, shown: dict | None, view: dict | None, event: gr.SelectData):
+    """A click on a picture opens its query; pictures of another benchmark than the session's are refused, since a
+    query number means another person there."""
     index = event.index if isinstance(event.index, int) else event.index[0]
-    if not shown or not 0 <= int(index) < len(shown):
-        raise gr.Error("Refresh the pictures: the list changed.")
-    query_index = int(shown[int(index)])
+    queries = (shown or {}).get("queries") or []
+    if not 0 <= int(index) < len(queries) or (shown or {}).get("benchmark") != state.benchmark_of(view):
+        raise gr.Error("These pictures are out of date (another benchmark or list): refresh them.")
+    query_index = int(queries[int(index)])
     return (gr.update(value=query_index), *select_query(checkpoint, query_index, view))
 
 
@@ -115,15 +124,27 @@ def select_query(checkpoint: str, query_index: int, view: dict | None = None, be
     )
 
 
-def switch_benchmark(checkpoint: str, benchmark: str, progress=gr.Progress()):  # noqa: B008 - how Gradio asks for a progress bar
-    """Another benchmark: its queries in the list (failures first), and its first one as the query."""
-    benchmark = state.benchmark_name(benchmark)
-    progress(0.05, desc=f"Reading {benchmark}")
+def open_benchmark(checkpoint: str, benchmark: str, progress) -> tuple[BenchmarkExplorer, list[tuple[str, int]]]:
+    """`checkpoint` on `benchmark`, in steps named on the progress bar (a model's first use reads its weights and
+    embeds the benchmark; the embeddings are kept on disk, so a later start reads them): its explorer and its
+    queries, failures first."""
+    progress(0.05, desc=f"Reading {state.option_name(checkpoint)} and {benchmark}")
+    state.model_for(checkpoint)
     state.benchmark_split(benchmark)
-    progress(0.2, desc=f"Embedding {benchmark} (read from disk if this model embedded it before)")
+    progress(0.3, desc=f"Embedding {benchmark} (read from disk if this model embedded it before)")
     explorer = state.explorer_for(checkpoint, benchmark)
     progress(0.9, desc="Ranking the queries")
-    choices = query_choices(explorer)
+    return explorer, query_choices(explorer)
+
+
+def switch_benchmark(
+    checkpoint: str,
+    benchmark: str,
+    progress=gr.Progress(),  # noqa: B008 - how Gradio asks for a progress bar
+):
+    """Another benchmark: its queries in the list (failures first), and its first one as the query."""
+    benchmark = state.benchmark_name(benchmark)
+    _, choices = open_benchmark(checkpoint, benchmark, progress)
     first = choices[0][1]
     return (gr.update(choices=choices, value=first), *select_query(checkpoint, first, benchmark=benchmark))
 

@@ -116,7 +116,7 @@ def build(ui) -> None:
                 elem_id="thumbnails",
                 show_label=False,
             )
-            ui.thumb_indices = gr.State([])
+            ui.thumbs_shown = gr.State(None)  # `picker.pictured`: the pictures' benchmark and query numbers
         ui.info = gr.Markdown(elem_id="occlusion_info")
         ui.shown = [ui.view, ui.clean_image, ui.occluded_image, ui.info]  # what picking a query sets
         occlude.build(ui)
@@ -133,12 +133,12 @@ def wire(ui) -> None:
     thumbnails = dict(
         fn=query_thumbnails,
         inputs=[ui.model, ui.thumb_filter, ui.thumb_failures, ui.view],
-        outputs=[ui.thumbs, ui.thumb_note, ui.thumb_indices],
+        outputs=[ui.thumbs, ui.thumb_note, ui.thumbs_shown],
     )
     ui.thumb_button.click(**thumbnails, api_name="query_thumbnails")
     ui.thumb_filter.submit(**thumbnails, **HIDDEN)
     ui.picker.expand(**thumbnails, **HIDDEN)
-    ui.thumbs.select(pick_thumbnail, [ui.model, ui.thumb_indices, ui.view], [ui.query, *ui.shown], **HIDDEN).then(
+    ui.thumbs.select(pick_thumbnail, [ui.model, ui.thumbs_shown, ui.view], [ui.query, *ui.shown], **HIDDEN).then(
         **ui.refresh
     ).then(occlude.editor_background, ui.view, ui.editor, **HIDDEN)
     ui.benchmark.input(

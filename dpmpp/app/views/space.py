@@ -29,16 +29,15 @@ def umap_view(checkpoint: str, view: dict, colour_by: str, highlight: str = "", 
     benchmark = state.benchmark_of(view)
     person = person_to_highlight(highlight, view)
     progress(0.1, desc=f"Fitting the map of {benchmark} (once per model and benchmark, about 20 s)")
-    points = state.prototype_map_for(checkpoint, benchmark)
+    points, explorer = state.prototype_map_for(checkpoint, benchmark), state.explorer_for(checkpoint, benchmark)
     progress(0.8, desc="Placing the query and drawing")
     trail = None
     if view and view.get("clean") is not None:
         images = [view["clean"], view["occluded"] if view.get("occluded") is not None else view["clean"]]
-        trail = points.place(state.explorer_for(checkpoint, benchmark).embed(images).features)
+        trail = points.place(explorer.embed(images).features)
     note = f"UMAP (cosine, 15 neighbours, seed 0) of {points.note}."
     if trail is not None:
         note = f"Trail: {view['file']}, clean → {occlusion_text(view)}. " + note
-    explorer = state.explorer_for(checkpoint, benchmark)
     gap = explorer.prototype_gap()
     if gap is not None:
         note += (
