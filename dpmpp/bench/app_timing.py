@@ -77,7 +77,8 @@ def run(repeats: int = 5) -> tuple[list[dict], dict]:
         client = PageClient(http, server.url, Endpoints(http, server.url), 600.0)
         for benchmark, steps in (("pets09_occ", list(STEPS)), ("cuhk01_occ", CUHK01_STEPS)):
             if benchmark != "pets09_occ":
-                first[f"first switch to {benchmark} (embedded at start)"] = timed(client, "/switch_benchmark", (benchmark,))
+                switch = timed(client, "/switch_benchmark", (benchmark,))
+                first[f"first switch to {benchmark} (embedded at start)"] = switch
                 first[f"first map of {benchmark}"] = timed(client, "/umap", ("identity", ""))
                 first[f"first failure table of {benchmark} vs model B"] = timed(
                     client, "/failures", ("all", 0, False, HSV, "all")
