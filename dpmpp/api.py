@@ -116,7 +116,12 @@ class Pipeline:
         self._model_digest: str | None = None  # of the weights files, when first needed
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | None = None, device: str | None = None) -> "Pipeline":
+    def from_checkpoint(
+        cls, path: str | Path | None = None, device: str | None = None, inference_threads: int | None = None
+    ) -> "Pipeline":
+        """`inference_threads`: the CPU threads OpenVINO runs an OMZ encoder with (default: torch's thread count).
+        Concurrent calls queue on OpenVINO's one stream, so a server answering many small requests at once gives it
+        every core, even where each request's torch work uses one thread."""
         folder = Path(path) if path is not None else DEFAULT_CHECKPOINT
         config, meta = checkpoint.read_config(folder)
         resolved = pick_device(device)
@@ -135,7 +140,8 @@ class Pipeline:
             ) from error
         checkpoint.load_weights(folder, model)
         if resolved.type == "cpu" and hasattr(model.encoder, "use_openvino"):
-            model.encoder.use_openvino(torch.get_num_threads())  # an OMZ encoder: OpenVINO runs it faster
+            # an OMZ encoder: OpenVINO runs it faster
+            model.encoder.use_openvino(inference_threads or torch.get_num_threads())
         return cls(model.to(resolved), config, meta, folder, resolved)
 
     @property

@@ -247,6 +247,16 @@ class BenchmarkExplorer:
         ]
         return Retrieval(items, ap, first, int(hidden.sum()))
 
+    def best_matches(self, scores: np.ndarray, pid: int, camid: int | None) -> tuple[int | None, int | None]:
+        """Gallery indices of the best-scoring true match and the best-scoring wrong match by `scores` [G], with the
+        same-person-same-camera items hidden as in `rank` (None where there is none); without ranking the gallery."""
+        shown = ~((self.g_pids == pid) & (self.g_camids == camid))
+        best = []
+        for wanted in (self.g_pids == pid, self.g_pids != pid):
+            candidates = np.flatnonzero(shown & wanted)
+            best.append(int(candidates[np.argmax(scores[candidates])]) if len(candidates) else None)
+        return best[0], best[1]
+
     def retrieve(self, query_index: int, top_k: int = 10, use_mask: bool = True) -> Retrieval:
         if not 0 <= query_index < len(self.split.query):
             raise IndexError(f"query index {query_index} outside 0..{len(self.split.query) - 1}")

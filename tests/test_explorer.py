@@ -79,3 +79,16 @@ def test_the_memory_is_bounded(explorer, monkeypatch):
     for shade in range(12):
         explorer.embed([np.clip(base.astype(int) + shade, 0, 255).astype(np.uint8)])
     assert len(explorer._memo) == 5
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_matches_are_the_first_true_and_first_wrong_items_of_the_ranking(explorer, seed):
+    rng = np.random.default_rng(seed)
+    explorer.g_camids = rng.integers(0, 3, len(explorer.g_pids))  # some same-person-same-camera items get hidden
+    scores = rng.integers(0, 6, len(explorer.g_pids)).astype(np.float32)  # ties, broken as the ranking breaks them
+    for pid in sorted(set(explorer.g_pids.tolist())) + [999]:
+        for camid in (0, 1, 2):
+            ranked = explorer.rank(scores, pid, camid, top_k=len(scores)).items
+            true = next((i.gallery_index for i in ranked if i.correct), None)
+            wrong = next((i.gallery_index for i in ranked if i.correct is False), None)
+            assert explorer.best_matches(scores, pid, camid) == (true, wrong)

@@ -17,7 +17,7 @@ from dpmpp.data.transforms import CLIP_MEAN, CLIP_STD
 from dpmpp.engine.train import Trainer
 from dpmpp.model.ir_graph import IRGraph
 from dpmpp.model.omz_encoder import OMZ_BACKBONES, OMZEncoder
-from dpmpp.paths import ASSETS
+from dpmpp.paths import ASSETS, DEFAULT_CHECKPOINT
 from tests.conftest import FAST
 
 XML = OMZ_BACKBONES["omz_0277"][0]
@@ -155,3 +155,17 @@ def test_openvino_inference_follows_the_current_weights_and_leaves_gradients_to_
     traced = encoder(images.requires_grad_(True))  # gradients wanted (Grad-CAM): the torch graph
     traced.cls.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_a_server_gives_openvino_every_core_and_concurrent_embeddings_stay_exact():
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = sorted((ASSETS / "cuhk01" / "images").glob("000*.jpg"))[:8]
+    alone = Pipeline.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu", inference_threads=1)
+    shared = Pipeline.from_checkpoint(DEFAULT_CHECKPOINT, device="cpu", inference_threads=2)
+    assert (alone.model.encoder.openvino_threads, shared.model.encoder.openvino_threads) == (1, 2)
+    reference = alone.embed(images)
+    with ThreadPoolExecutor(4) as pool:  # four requests at once queue on OpenVINO's one stream
+        rows = list(pool.map(lambda image: shared.embed([image]), images))
+    assert np.abs(np.concatenate([r.features for r in rows]) - reference.features).max() < 1e-4
+    assert np.abs(np.concatenate([r.masks for r in rows]) - reference.masks).max() < 1e-4

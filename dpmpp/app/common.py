@@ -18,6 +18,7 @@ SETTINGS = {
     "data_root": None,
     "start": None,  # the checkpoint loaded first; listed for everyone
     "classroom": False,  # students may not train, upload checkpoints or load unlisted folders
+    "inference_threads": None,  # OpenVINO's threads for a checkpoint's encoder (None: torch's thread count)
     "teacher_token": os.environ.get("DPMPP_TEACHER_TOKEN") or secrets.token_urlsafe(16),
     "idle_minutes": 30.0,  # a session unused this long is dropped with its images
     "checkpoint_quota_mb": 2048,  # the checkpoint folder: uploads and trainings stop above this

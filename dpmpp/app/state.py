@@ -155,7 +155,9 @@ def model_for(checkpoint: str):
             return load_peer(PEER_CHOICES[checkpoint])
         except PeerUnavailable as error:
             raise refuse(str(error), error) from error
-    return None if checkpoint == HSV else Pipeline.from_checkpoint(checkpoint, device="cpu")
+    if checkpoint == HSV:
+        return None
+    return Pipeline.from_checkpoint(checkpoint, device="cpu", inference_threads=SETTINGS["inference_threads"])
 
 
 @shared_cache(maxsize=6, key=model_on)

@@ -40,6 +40,7 @@ class OMZEncoder(nn.Module):
         self.width = self.network.weight(self.network.input_of(self._pool_conv, 1)).shape[0]
         self.embed_dim = self.network.weight("fc.0.weight").shape[0]
         self._runner = None  # OpenVINO, for inference with fixed weights (use_openvino)
+        self.openvino_threads: int | None = None  # the CPU threads it was compiled for
         self.map_blocks = [0, 1]  # conv4, conv5
         self.patch_size = (16, 16)
         mean, std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
@@ -65,6 +66,7 @@ class OMZEncoder(nn.Module):
         about 1e-5, about four times faster on a CPU. For a model whose weights stay fixed, as a loaded checkpoint's;
         training and Grad-CAM keep the torch graph."""
         self._runner = self.network.openvino_runner(threads)
+        self.openvino_threads = threads
 
     def patch_projection(self, tokens: torch.Tensor) -> torch.Tensor:
         """conv5 map [B, C, h, w] -> prototype space [B, h*w, D]: 0277's head at every location.

@@ -34,13 +34,9 @@ def mask_view(checkpoint: str, view: dict, threshold: float):
         )
     true_feat = wrong_feat = None
     if view.get("pid") is not None:
-        ranked = explorer.rank(
-            explorer.scores(embedded, True)[-1], view["pid"], view["camid"], top_k=len(explorer.g_pids)
-        )
-        true = next((i for i in ranked.items if i.correct), None)
-        wrong = next((i for i in ranked.items if i.correct is False), None)
-        true_feat = explorer.gallery.features[true.gallery_index] if true else None
-        wrong_feat = explorer.gallery.features[wrong.gallery_index] if wrong else None
+        true, wrong = explorer.best_matches(explorer.scores(embedded, True)[-1], view["pid"], view["camid"])
+        true_feat = explorer.gallery.features[true] if true is not None else None
+        wrong_feat = explorer.gallery.features[wrong] if wrong is not None else None
     figure = contributions(query_feat, query_mask, true_feat, wrong_feat)
     return mask_bars(clean_mask, occluded_mask, threshold), counts, figure
 
