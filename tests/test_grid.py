@@ -90,3 +90,19 @@ def test_a_grid_file_with_an_unknown_field_or_reference_is_refused(tmp_path):
 def test_a_running_grid_summarises_the_benchmarks_it_has_and_names_the_others():
     rows = [{"row": "peer", "seed": "-", "dataset": "d", "file": "0.jpg", "event": 0, "rank1": 1.0, "ap": 1.0}]
     assert grids.paired_table(pd.DataFrame(rows), "ref", "d", samples=50) == "d: no result of ref yet"
+
+
+def test_the_headroom_table_counts_the_peers_misses_and_what_each_seed_fixes_and_breaks():
+    #            query:  0    1    2    3    4    5 (no true match)
+    peer = [1.0, 0.0, 0.0, 0.0, 1.0, float("nan")]
+    seeds = {"0": [1.0, 1.0, 0.0, 0.0, 0.0, float("nan")], "1": [1.0, 1.0, 1.0, 0.0, 1.0, float("nan")]}
+    rows = [("peer", "-", peer)] + [("ref", seed, hits) for seed, hits in seeds.items()]
+    data = pd.DataFrame(
+        {"row": row, "seed": seed, "dataset": "d", "file": f"{i}.jpg", "event": i, "rank1": hit, "ap": hit}
+        for row, seed, hits in rows
+        for i, hit in enumerate(hits)
+    )
+    table = grids.headroom_table(data, "ref", ["d", "absent"])
+    # 5 scored queries; the peer misses 1, 2, 3; every seed misses 3; seed 0 fixes 1 and breaks 4, seed 1 fixes 1, 2
+    assert "| d | peer | 5 | 3 | 1 | 1.5 | 0.5 |" in table
+    assert "absent" not in table

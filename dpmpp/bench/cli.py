@@ -169,6 +169,8 @@ def grid(args) -> int:
     for dataset in spec.evaluate:
         print()
         print(grids.paired_table(data, spec.reference, dataset))
+    print()
+    print(grids.headroom_table(data, spec.reference, spec.evaluate))
     return 0
 
 

@@ -218,6 +218,40 @@ def paired_table(data: pd.DataFrame, reference: str, dataset: str, samples: int 
     return "\n".join(lines)
 
 
+def headroom_table(data: pd.DataFrame, reference: str, datasets: list[str]) -> str:
+    """Markdown: where rank-1 can still move against each zero-shot peer. Per benchmark, counted in queries that
+    have a true match: the peer's rank-1 misses, how many of them every seed of `reference` misses too, and per seed
+    (mean) the queries the reference fixes (the peer misses them, it does not) and breaks (the other way round).
+    The paired rank-1 gain is (fixed - broken) / queries, so the peer's misses bound it: on a benchmark near its
+    ceiling, a real gain is a handful of queries."""
+    lines = [
+        f"Rank-1 headroom: {reference} against each zero-shot peer, counted in queries",
+        "",
+        "| benchmark | peer | queries | peer misses | missed by every seed too | fixed per seed | broken per seed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for dataset in datasets:
+        subset = data[data["dataset"] == dataset]
+        ref = _by_seed(subset, reference)
+        if not ref:
+            continue
+        rank1 = np.stack([scores["rank1"] for scores in ref.values()])  # [seeds, Q]; NaN: no true match to find
+        for peer in dict.fromkeys(subset.loc[subset["seed"] == "-", "row"]):
+            peer_rank1 = _by_seed(subset, peer)["-"]["rank1"]
+            if len(peer_rank1) != rank1.shape[1]:
+                continue  # not the same queries
+            scored = ~np.isnan(peer_rank1)
+            hits, peer_hit = rank1[:, scored] > 0, peer_rank1[scored] > 0
+            missed = ~peer_hit
+            fixed = (hits & missed).sum(1).mean()
+            broken = (~hits & peer_hit).sum(1).mean()
+            lines.append(
+                f"| {dataset} | {peer} | {scored.sum()} | {missed.sum()} | {(missed & ~hits.any(0)).sum()} | "
+                f"{fixed:.1f} | {broken:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def _by_seed(subset: pd.DataFrame, row: str) -> dict[str, dict[str, np.ndarray]]:
     """seed -> {"rank1": [Q], "ap": [Q], "event": [Q]} in query order (files sorted, so every row lines up)."""
     out = {}
