@@ -353,3 +353,41 @@ def test_step_events_carry_pre_clip_group_norms_only_when_asked(record):
         assert events[0].grad_norms == pytest.approx({"a": 2.0, "1": 2000.0})
     else:
         assert all(e.grad_norms == {} for e in events)
+
+
+def test_a_transfer_that_mixes_nothing_is_recorded_and_warned_about(tmp_path, caplog):
+    """A saliency guide that never reaches the binarisation threshold finds no person, so patch transfer mixes
+    nothing and the run is bit for bit one without it; the epoch's record says so, and a warning names why."""
+    import dataclasses
+    import itertools
+
+    from dpmpp.engine.loop import run_stage
+
+    def trained(overrides: list[str], name: str) -> Trainer:
+        config = apply_overrides(
+            load_preset("tiny"), [*FAST, "train.stage1_epochs=0", "aug.saliency_source=head", *overrides]
+        )
+        trainer = Trainer(config, tmp_path / name)
+        stage = trainer.stage2()
+        batches = stage.batches
+        three_steps = dataclasses.replace(
+            stage, epochs=1, batches=lambda epoch: itertools.islice(batches(epoch), 3), on_epoch_end=None
+        )
+        run_stage(three_steps)
+        trainer.log_transfer(1)
+        return trainer
+
+    def same(a: Trainer, b: Trainer) -> bool:
+        return all(torch.equal(a.model.state_dict()[k], b.model.state_dict()[k]) for k in a.model.state_dict())
+
+    with caplog.at_level("WARNING", logger="dpmpp.engine.train"):
+        unreachable = trained(["aug.saliency_threshold=1.0"], "unreachable")
+    assert unreachable.transfer_log[0]["mixed"] == 0.0 and unreachable.transfer_log[0]["guide_max"] < 1.0
+    assert "mixed none of" in caplog.text and "aug.saliency_threshold=1.00" in caplog.text
+    off = trained(["aug.patch_transfer=false"], "off")
+    assert off.transfer_log == [] and same(unreachable, off)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dpmpp.engine.train"):
+        mixing = trained(["aug.saliency_threshold=0.0", "aug.transfer_prob=1.0"], "mixing")
+    assert mixing.transfer_log[0]["mixed"] > 0.5 and "mixed none of" not in caplog.text
+    assert not same(mixing, off)

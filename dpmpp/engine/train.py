@@ -84,6 +84,9 @@ class Trainer:
         self.callback = callback if self.dist.is_main else None
         self.should_stop = should_stop
         self.record_grad_norms = False  # stage-2 step events carry each group's gradient norm (`bench grads`)
+        # per stage-2 epoch (0-based) while patch transfer is active: [images mixed, images seen, highest guide value]
+        self.transfer_counts: dict[int, list[float]] = {}
+        self.transfer_log: list[dict] = []  # what end_of_epoch made of them, saved in metrics.json
         torch.manual_seed(config.train.seed)
         self.split = load_split(config.data.name, data_root(config))
         if not self.split.train:
@@ -257,6 +260,10 @@ class Trainer:
                 guide = patch_fraction(person, patch) if silhouettes else self.model.saliency(images, camids)
                 result = transfer(images, guide, pids)
                 images, mixed = result.images, result.mixed
+                counts = self.transfer_counts.setdefault(epoch_box[0], [0, 0, 0.0])
+                counts[0] += int(mixed.sum())
+                counts[1] += len(images)
+                counts[2] = max(counts[2], float(guide.max()))
                 partner_pid = result.partner_pid if class_ignoring_active(aug.class_ignoring, silhouettes) else None
                 if person is not None:  # the mixed image's person mask, composed like its pixels
                     person = compose(person, result.partner, result.shift, result.region, tuple(patch))
@@ -349,6 +356,7 @@ class Trainer:
         self._epoch_started = time.perf_counter()
         metrics = None
         last = epoch == cfg.epochs
+        self.log_transfer(epoch)
         if self.dist.is_main:
             if (cfg.eval_every and epoch % cfg.eval_every == 0) or last:
                 metrics = {"epoch": epoch, self.config.data.name: self.evaluate()}
@@ -358,12 +366,35 @@ class Trainer:
         barrier(self.dist)
         return metrics
 
+    def log_transfer(self, epoch: int) -> None:
+        """How much of stage-2 epoch `epoch` (1-based) patch transfer mixed, logged and kept for metrics.json. An
+        epoch where it was active and mixed nothing is warned about: the guide never reached the binarisation
+        threshold, so the run is, in effect, one without patch transfer (and without pairing)."""
+        counts = self.transfer_counts.get(epoch - 1)
+        if counts is None:
+            return
+        mixed, seen, peak = counts
+        entry = {"epoch": epoch, "mixed": round(mixed / max(seen, 1), 4), "guide_max": round(peak, 4)}
+        self.transfer_log.append(entry)
+        if mixed:
+            logger.info("stage 2 epoch %d: patch transfer mixed %.1f %% of the images", epoch, 100 * entry["mixed"])
+        else:
+            logger.warning(
+                "stage 2 epoch %d: patch transfer is on but mixed none of %d images: the saliency guide never "
+                "exceeded aug.saliency_threshold=%.2f (its highest value was %.3f), so no person mask was found",
+                epoch,
+                seen,
+                self.config.aug.saliency_threshold,
+                peak,
+            )
+
     def save(
         self, stage: str, epoch: int, optimizer: torch.optim.Optimizer | None = None, final: dict | None = None
     ) -> None:
         metrics = {
             "history": self.history,
             "train_seconds": round(self.train_seconds, 1),
+            **({"patch_transfer": self.transfer_log} if self.transfer_log else {}),
             "stage": stage,
             "epoch": epoch,
             **(final or {}),
@@ -391,7 +422,8 @@ class Trainer:
             if metrics_path.is_file():
                 import json
 
-                self.history = json.loads(metrics_path.read_text()).get("history", [])
+                saved = json.loads(metrics_path.read_text())
+                self.history, self.transfer_log = saved.get("history", []), saved.get("patch_transfer", [])
         self._epoch_started = time.perf_counter()
         if self.config.model.use_text_stage and (state is None or state["stage"] == "stage1"):
             run_stage(self.stage1(), 0, self.callback, self.should_stop)
