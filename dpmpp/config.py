@@ -165,6 +165,9 @@ class AugCfg:
     class_ignoring: bool | Literal["auto"] = "auto"
     holistic_positives: bool = True  # (R) mixed anchors take only unmixed same-ID positives in the triplet
     saliency_threshold: float = bounded(0.5, low=0, high=1)  # binarisation of the saliency map
+    # (R) binarise each map by keeping its highest `saliency_top` share of patches instead (None: the threshold):
+    # a soft map trained to keep about 30 % (loss.saliency_keep) may never reach 0.5, and then no person is found
+    saliency_top: float | None = bounded(None, above=0, high=1)
     # "auto": the dataset's person masks when it has them, else the head; "head": always the head
     saliency_source: Literal["auto", "head"] = "auto"
     nearer_persons_occlude: bool = False  # person masks: cut out nearer persons' boxes, so they get transferred

@@ -148,3 +148,12 @@ def test_mix_pair_takes_the_partners_occluding_patches_and_rolls_the_rest():
     assert torch.equal(mixed[:, region], images[1][:, region])
     rolled = torch.roll(images[0], 8, dims=2)  # one patch column
     assert torch.equal(mixed[:, ~region], rolled[:, ~region])
+
+
+def test_top_share_binarisation_finds_a_person_in_a_map_that_never_reaches_the_threshold():
+    saliency = torch.linspace(0.1, 0.45, 16 * 8).reshape(1, 16, 8).repeat(2, 1, 1)
+    saliency[1] = saliency[1].flip(0)  # the other map's highest patches are at its top
+    assert not SaliencyPatchTransfer(threshold=0.5).binarise(saliency).any()
+    masks = SaliencyPatchTransfer(threshold=0.5, top=0.3).binarise(saliency)
+    assert masks.flatten(1).sum(1).tolist() == [38, 38]  # round(0.3 * 128) patches each
+    assert masks[0, -1].all() and not masks[0, 0].any() and masks[1, 0].all() and not masks[1, -1].any()

@@ -100,11 +100,12 @@ class SaliencyPatchTransfer:
         generator: torch.Generator | None = None,
         max_shift: int | None = None,
         region: str = "partner",
+        top: float | None = None,
     ) -> None:
         if region not in REGIONS:
             raise ValueError(f"transfer region must be one of {REGIONS}, got {region!r}")
         self.prob, self.enabled, self.pairing, self.max_shift, self.region = prob, enabled, pairing, max_shift, region
-        self.top_fraction, self.min_oiou, self.threshold = top_fraction, min_oiou, threshold
+        self.top_fraction, self.min_oiou, self.threshold, self.top = top_fraction, min_oiou, threshold, top
         self.patch_size = patch_size
         self.generator = generator or torch.Generator().manual_seed(0)
 
@@ -124,11 +125,18 @@ class SaliencyPatchTransfer:
             generator,
             aug.max_shift,
             aug.transfer_region,
+            aug.saliency_top,
         )
 
     def binarise(self, saliency: torch.Tensor) -> torch.Tensor:
-        """[B, h, w] saliency -> bool person masks (1 = person)."""
-        return saliency > self.threshold
+        """[B, h, w] saliency -> bool person masks (1 = person): above the threshold, or, with `top`, each map's
+        highest `top` share of patches (ties at the cut kept)."""
+        if self.top is None:
+            return saliency > self.threshold
+        flat = saliency.flatten(1)
+        keep = max(1, round(self.top * flat.shape[1]))
+        cut = flat.topk(keep, dim=1).values[:, -1:]
+        return (flat >= cut).reshape(saliency.shape)
 
     def __call__(self, images: torch.Tensor, saliency: torch.Tensor, pids: torch.Tensor) -> TransferResult:
         b = images.shape[0]
