@@ -29,7 +29,8 @@ def model_card_markdown(checkpoint: str | Path) -> str:
         f"{metrics.get('train_seconds', '?')} s of training; weights sha256 {weights_hash(checkpoint)}",
         f"- mask {'on' if config.model.use_mask else 'off'}, text stage "
         f"{'on' if config.model.use_text_stage else 'off'}, patch transfer "
-        f"{'on' if config.aug.patch_transfer else 'off'}, pairing {'on' if config.aug.occlusion_pairing else 'off'}"
+        f"{_transfer(config.aug.patch_transfer, metrics.get('patch_transfer'))}, pairing "
+        f"{'on' if config.aug.occlusion_pairing else 'off'}"
         f", class-ignoring {_class_ignoring(config.aug.class_ignoring)}",
     ]
     stopped = metrics.get("stopped_early")
@@ -55,6 +56,18 @@ def model_card_markdown(checkpoint: str | Path) -> str:
                 f"mAP {m['mAP'][0]:.1f} ± {m['mAP'][1]:.1f}"
             )
     return "\n".join(lines)
+
+
+def _transfer(enabled: bool, record: list[dict] | None) -> str:
+    """Patch transfer as switched, and as it acted: a guide that never finds a person mixes nothing."""
+    if not enabled:
+        return "off"
+    if not record:
+        return "on (how much it mixed was not recorded)"
+    shares = ", ".join(f"{100 * entry['mixed']:.0f} % in epoch {entry['epoch']}" for entry in record)
+    return f"on, mixed {shares}" + (
+        " (**never mixed**: trained on clean crops)" if not any(entry["mixed"] for entry in record) else ""
+    )
 
 
 def _class_ignoring(setting) -> str:

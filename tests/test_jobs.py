@@ -163,3 +163,20 @@ def test_the_eta_covers_the_whole_job(tmp_path):
     second = _Job.of(config, tmp_path / "second")
     status = step(second, "stage1", 1, 2, 1, 7.0, now=20.0)
     assert status.eta_s == 7.0 + 5 * (4 * 2.0) + 5.0 * (1 + 2) and "not timed" not in status.message
+
+
+def test_the_model_card_says_how_much_patch_transfer_mixed(tmp_path):
+    import shutil
+
+    from dpmpp.paths import DEFAULT_CHECKPOINT
+
+    folder = tmp_path / "card"
+    shutil.copytree(DEFAULT_CHECKPOINT, folder)
+    assert "patch transfer on (how much it mixed was not recorded)" in model_card_markdown(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for record, expected in (
+        ([{"epoch": 2, "mixed": 0.0, "guide_max": 0.46}], "on, mixed 0 % in epoch 2 (**never mixed**"),
+        ([{"epoch": 2, "mixed": 0.5118, "guide_max": 0.49}], "on, mixed 51 % in epoch 2, pairing"),
+    ):
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "patch_transfer": record}))
+        assert expected in model_card_markdown(folder)

@@ -376,16 +376,25 @@ class Trainer:
         mixed, seen, peak = counts
         entry = {"epoch": epoch, "mixed": round(mixed / max(seen, 1), 4), "guide_max": round(peak, 4)}
         self.transfer_log.append(entry)
+        aug = self.config.aug
         if mixed:
             logger.info("stage 2 epoch %d: patch transfer mixed %.1f %% of the images", epoch, 100 * entry["mixed"])
-        else:
+        elif aug.saliency_top is None and peak <= aug.saliency_threshold:
             logger.warning(
                 "stage 2 epoch %d: patch transfer is on but mixed none of %d images: the saliency guide never "
-                "exceeded aug.saliency_threshold=%.2f (its highest value was %.3f), so no person mask was found",
+                "exceeded aug.saliency_threshold=%.2f (its highest value was %.3f), so no person mask was found; "
+                "aug.saliency_top binarises by each map's highest share instead",
                 epoch,
                 seen,
-                self.config.aug.saliency_threshold,
+                aug.saliency_threshold,
                 peak,
+            )
+        else:
+            logger.warning(
+                "stage 2 epoch %d: patch transfer is on but mixed none of %d images (aug.transfer_prob=%.2f)",
+                epoch,
+                seen,
+                aug.transfer_prob,
             )
 
     def save(
