@@ -131,3 +131,36 @@ def test_warming_the_strips_reads_the_crops_the_first_rankings_show():
     misses = _gallery_crop.cache_info().misses
     retrieval.retrieve(checkpoint, select_query(checkpoint, 0)[0], 10, True)
     assert _gallery_crop.cache_info().misses == misses  # the query's top-10 was read at warm-up
+
+
+def test_mask_image_dependence_separates_the_shared_weighting_from_the_per_image_part():
+    """A generator whose final layer ignores the image gives one mask for every image: no move with occlusion and
+    no per-image logits. The trained one moves, and its reported logits are the ones behind its masks."""
+    import torch
+
+    from dpmpp.api import Pipeline
+    from dpmpp.bench.masks import format_dependence, image_dependence
+    from dpmpp.paths import PETS09_CHECKPOINT
+
+    clean = load_split("cuhk01", ASSETS / "cuhk01").query[:6]
+    occluded = load_split("cuhk01_occ", ASSETS / "cuhk01").query[:6]
+    pipeline = Pipeline.from_checkpoint(PETS09_CHECKPOINT, device="cpu")
+    trained = image_dependence(pipeline, clean, occluded)
+    assert 0 < trained["mask_min"] <= trained["mask_max"] < 1
+    assert trained["move_with_occlusion"] > 0 and trained["distance_to_other_person"] > 0
+    assert trained["per_image_logit_spread"] > 0
+    assert "% of the shared spread" in format_dependence(trained)
+
+    fc = pipeline.model.mask_generator.fc
+    bias = torch.linspace(-2, 2, fc.out_features)
+    with torch.no_grad():
+        fc.weight.zero_()
+        fc.bias.copy_(bias)
+    constant = image_dependence(pipeline, clean, occluded)
+    assert constant["move_with_occlusion"] == constant["distance_to_other_person"] == 0
+    assert constant["per_image_logit_spread"] < 1e-6
+    assert constant["shared_logit_spread"] == pytest.approx(bias.std(unbiased=False).item(), rel=1e-3)
+    assert constant["mask_min"] == pytest.approx(torch.sigmoid(torch.tensor(-2.0)).item(), abs=1e-5)
+
+    with pytest.raises(ValueError, match="occluded copy"):
+        image_dependence(pipeline, clean, occluded[::-1])

@@ -79,21 +79,29 @@ def events(args) -> int:
 
 
 def masks(args) -> int:
-    from dpmpp.bench.masks import analyse, format_report, save_figure
+    from dpmpp.bench.masks import analyse, format_dependence, format_report, image_dependence, save_figure
     from dpmpp.data.datasets import load_split
     from dpmpp.explorer import BenchmarkExplorer
 
     pipeline = _pipeline(args.checkpoint, args.device)
     if not pipeline.has_mask:
         raise UsageError(f"bench masks needs a checkpoint with a mask generator; {pipeline.folder} has none")
+    if args.pairs < 2:
+        raise UsageError(f"--pairs must be at least 2, got {args.pairs}")
     with _counting(pipeline, args, "bench masks", None):
         result = analyse(BenchmarkExplorer(load_split("pets09_occ", default_root("pets09_occ")), pipeline))
+        clean = load_split("cuhk01", default_root("cuhk01")).query[: args.pairs]
+        occluded = load_split("cuhk01_occ", default_root("cuhk01_occ")).query[: args.pairs]
+        dependence = image_dependence(pipeline, clean, occluded)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_figure(result, out / "masks.png")
     result["table"].to_csv(out / "masks_per_query.csv", index=False)
     print(format_report(result))
     print(f"figure: {out / 'masks.png'}")
+    print()
+    print("cuhk01_occ: do the masks depend on the image?")
+    print(format_dependence(dependence))
     return 0
 
 
@@ -225,6 +233,7 @@ def add_bench_parser(commands) -> None:
     p = add("masks", masks, "what the bundled model's masks select, query by query")
     p.add_argument("--checkpoint", default=None, help="the checkpoint to analyse (default: bundled)")
     p.add_argument("--out", default=str(RESULTS), help="folder for masks.png and masks_per_query.csv")
+    p.add_argument("--pairs", type=int, default=120, help="cuhk01 queries compared with their occluded copies (120)")
 
     p = add("grads", grads, "gradient norms of each parameter group through training")
     quick(p, "one epoch")

@@ -4,13 +4,17 @@
 - per query, the mask's active fraction (mask > 0.5) and its mean absolute distance to the mask of its clean
   counterpart (same person, same track, nearest unoccluded frame), against the occluded fraction (Spearman ρ);
 - the same by occluder type;
-- rank-1 and mAP by occlusion bin with the test-time mask on and off.
+- rank-1 and mAP by occlusion bin with the test-time mask on and off;
+- on cuhk01_occ, whose queries are occluded copies of cuhk01's, how far a mask moves with occlusion against how far
+  it is from another person's, and how much of the generator's output depends on the image at all
+  (`image_dependence`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.stats import spearmanr
 
 from dpmpp.explorer import BenchmarkExplorer
@@ -154,3 +158,60 @@ def format_report(result: dict) -> str:
             f"{100 * row['mAP']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def image_dependence(pipeline, clean: list, occluded: list) -> dict:
+    """How image-dependent the masks are: `occluded[i]` is `clean[i]` with an occluder pasted on.
+
+    Besides the masks' range, it compares a mask's move under occlusion, mean |m(occluded) − m(clean)|, with the
+    distance between two persons' clean masks (each against the next query's). It also splits the generator's
+    logits (the input of its final sigmoid) into the part shared by every image (the mean over images, per
+    dimension) and the per-image rest. A mask can select an occlusion's subspace only through the per-image part.
+    """
+    if len(clean) != len(occluded) or len(clean) < 2:
+        raise ValueError(f"need two equal lists of at least two records; got {len(clean)} clean, {len(occluded)}")
+    if [r.pid for r in clean] != [r.pid for r in occluded]:
+        raise ValueError("occluded[i] must be the occluded copy of clean[i] (their identities differ)")
+    if len({r.pid for r in clean}) < 2:
+        raise ValueError("need at least two identities, to compare a mask with another person's")
+    generator = pipeline.model.mask_generator
+    if generator is None:
+        raise ValueError("this checkpoint has no mask generator")
+    inputs = []
+    hook = generator.fc.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().float()))
+    try:
+        masks_clean = pipeline.embed_records(clean).masks
+        masks_occluded = pipeline.embed_records(occluded).masks
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        logits = generator.fc.float()(torch.cat(inputs)).numpy()
+    shared = logits.mean(axis=0)
+    n = len(clean)
+    others = [next(j % n for j in range(i + 1, i + n) if clean[j % n].pid != clean[i].pid) for i in range(n)]
+    return {
+        "queries": len(clean),
+        "mask_min": float(masks_clean.min()),
+        "mask_max": float(masks_clean.max()),
+        "active_fraction": float((masks_clean > 0.5).mean()),
+        "move_with_occlusion": float(np.abs(masks_occluded - masks_clean).mean()),
+        "distance_to_other_person": float(np.abs(masks_clean - masks_clean[others]).mean()),
+        "shared_logit_spread": float(shared.std()),  # across dimensions: how differently dimensions are weighted
+        "per_image_logit_spread": float((logits - shared).std(axis=0).mean()),  # across images, per dimension
+    }
+
+
+def format_dependence(result: dict) -> str:
+    r = result
+    ratio = r["per_image_logit_spread"] / max(r["shared_logit_spread"], 1e-12)
+    return "\n".join(
+        [
+            f"{r['queries']} query pairs (clean, occluded copy): masks {r['mask_min']:.2f}–{r['mask_max']:.2f}, "
+            f"{100 * r['active_fraction']:.0f} % of dimensions above 0.5",
+            f"mean |m(occluded) − m(clean)| = {r['move_with_occlusion']:.4f}; "
+            f"mean |m(person) − m(another person)| = {r['distance_to_other_person']:.4f}",
+            f"generator logits: spread of the part every image shares (std over dimensions) "
+            f"{r['shared_logit_spread']:.3f}; per-image part (std over images) {r['per_image_logit_spread']:.4f} "
+            f"({100 * ratio:.1f} % of the shared spread)",
+        ]
+    )
