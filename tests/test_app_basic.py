@@ -148,7 +148,7 @@ def test_mask_image_dependence_separates_the_shared_weighting_from_the_per_image
     trained = image_dependence(pipeline, clean, occluded)
     assert 0 < trained["mask_min"] <= trained["mask_max"] < 1
     assert trained["move_with_occlusion"] > 0 and trained["distance_to_other_person"] > 0
-    assert trained["per_image_logit_spread"] > 0
+    assert trained["per_image_logit_spread"] > 0 and trained["input_spread"] > 0
     assert "% of the shared spread" in format_dependence(trained)
 
     fc = pipeline.model.mask_generator.fc

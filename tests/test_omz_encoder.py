@@ -98,7 +98,9 @@ def test_the_omz_preset_refuses_other_input_sizes_and_frozen_stages_elsewhere():
 def test_training_on_0277_exercises_every_dpmpp_part_with_its_first_stages_fixed(small_data, tmp_path):
     config = load_preset("omz")
     config.data.name, config.data.root = "manifest", str(small_data)
-    config = apply_overrides(config, [*FAST, *FULL_SIZE, "train.epochs=1", "loss.distill_weight=1"])
+    config = apply_overrides(
+        config, [*FAST, *FULL_SIZE, "train.epochs=1", "loss.distill_weight=1", "aug.patch_transfer=true"]
+    )
     trainer = Trainer(config, tmp_path)
     trainer.stage1()
     stage = trainer.stage2()

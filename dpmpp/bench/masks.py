@@ -166,7 +166,9 @@ def image_dependence(pipeline, clean: list, occluded: list) -> dict:
     Besides the masks' range, it compares a mask's move under occlusion, mean |m(occluded) − m(clean)|, with the
     distance between two persons' clean masks (each against the next query's). It also splits the generator's
     logits (the input of its final sigmoid) into the part shared by every image (the mean over images, per
-    dimension) and the per-image rest. A mask can select an occlusion's subspace only through the per-image part.
+    dimension) and the per-image rest, and reports the final layer's input: a positive input that varies little
+    between images turns the layer's weights into a bias. A mask can select an occlusion's subspace only through the
+    per-image part.
     """
     if len(clean) != len(occluded) or len(clean) < 2:
         raise ValueError(f"need two equal lists of at least two records; got {len(clean)} clean, {len(occluded)}")
@@ -185,7 +187,8 @@ def image_dependence(pipeline, clean: list, occluded: list) -> dict:
     finally:
         hook.remove()
     with torch.no_grad():
-        logits = generator.fc.float()(torch.cat(inputs)).numpy()
+        features = torch.cat(inputs)
+        logits = generator.fc.float()(features).numpy()
     shared = logits.mean(axis=0)
     n = len(clean)
     others = [next(j % n for j in range(i + 1, i + n) if clean[j % n].pid != clean[i].pid) for i in range(n)]
@@ -198,6 +201,8 @@ def image_dependence(pipeline, clean: list, occluded: list) -> dict:
         "distance_to_other_person": float(np.abs(masks_clean - masks_clean[others]).mean()),
         "shared_logit_spread": float(shared.std()),  # across dimensions: how differently dimensions are weighted
         "per_image_logit_spread": float((logits - shared).std(axis=0).mean()),  # across images, per dimension
+        "input_mean": float(features.mean()),  # the final layer's input (pooled maps)
+        "input_spread": float(features.std(dim=0, unbiased=False).mean()),  # across images, per channel
     }
 
 
@@ -213,5 +218,6 @@ def format_dependence(result: dict) -> str:
             f"generator logits: spread of the part every image shares (std over dimensions) "
             f"{r['shared_logit_spread']:.3f}; per-image part (std over images) {r['per_image_logit_spread']:.4f} "
             f"({100 * ratio:.1f} % of the shared spread)",
+            f"the final layer's input: mean {r['input_mean']:.3f}, std over images {r['input_spread']:.3f} per channel",
         ]
     )
