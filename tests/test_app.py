@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -67,6 +68,23 @@ def test_transfer_takes_partner_silhouettes_from_the_benchmark(view):
     silhouette = partner_saliency_for(CHECKPOINT)[index] > 0.5
     shown_percent = int(re.search(r"(\d+)% of the pixels came from the partner", info).group(1))
     assert abs(shown_percent - 100 * (1 - silhouette.mean())) <= 1
+
+
+def test_transfer_says_when_the_query_has_no_person_mask_and_auto_cannot_pair(view):
+    """The default's saliency head stays below 0.5 (docs/results.md §0.0): the query's person mask is empty, every
+    partner scores IoU 0, and the view says so instead of presenting the first partner as the best match."""
+    from dpmpp.paths import PETS09_CHECKPOINT
+
+    explorer = explorer_for(CHECKPOINT)
+    assert explorer.pipeline.saliency([view["clean"]]).max() <= explorer.pipeline.config.aug.saliency_threshold
+    _, _, _, info = occlude_transfer(CHECKPOINT, view, "auto", -1)
+    assert "marks no patch of this query as person" in info and "IoU 0.00" in info
+    assert f"Partner `{Path(partner_records()[0].path).name}`, shift 0 " in info
+
+    tiny = str(PETS09_CHECKPOINT)  # its head does find the person: no such note
+    tiny_view = select_query(tiny, query_choices(explorer_for(tiny))[0][1])[0]
+    _, _, gallery, info = occlude_transfer(tiny, tiny_view, "auto", -1)
+    assert "marks no patch" not in info and float(re.search(r"IoU ([0-9.]+)", info).group(1)) > 0
 
 
 def test_mask_view_counts_active_dimensions(view):

@@ -180,7 +180,7 @@ def image_dependence(pipeline, clean: list, occluded: list) -> dict:
     if generator is None:
         raise ValueError("this checkpoint has no mask generator")
     inputs = []
-    hook = generator.fc.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().float()))
+    hook = generator.fc.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach().float().cpu()))
     try:
         masks_clean = pipeline.embed_records(clean).masks
         masks_occluded = pipeline.embed_records(occluded).masks
@@ -188,7 +188,8 @@ def image_dependence(pipeline, clean: list, occluded: list) -> dict:
         hook.remove()
     with torch.no_grad():
         features = torch.cat(inputs)
-        logits = generator.fc.float()(features).numpy()
+        fc = generator.fc
+        logits = torch.nn.functional.linear(features, fc.weight.float().cpu(), fc.bias.float().cpu()).numpy()
     shared = logits.mean(axis=0)
     n = len(clean)
     others = [next(j % n for j in range(i + 1, i + n) if clean[j % n].pid != clean[i].pid) for i in range(n)]

@@ -66,6 +66,13 @@ def occlude_transfer(checkpoint: str, view: dict, partner: str, shift: float):
         f"Partner `{Path(partners[result.partner_index]).name}`, shift {result.shift} patch columns, "
         f"occlusion-aware IoU {result.oiou:.2f}; {result.occluded_fraction:.0%} of the pixels came from the partner."
     )
+    if not result.anchor_mask.any():
+        info += (
+            f" **The model's saliency head marks no patch of this query as person** (its highest value, "
+            f"{result.anchor_saliency.max():.2f}, is below the binarisation threshold), so the occlusion-aware IoU "
+            "is 0 for every partner and *auto* takes the first partner at shift 0: choose the partner and shift "
+            "by hand."
+        )
     return view, enlarge(result.image), gallery, info
 
 
